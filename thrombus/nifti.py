@@ -1,0 +1,76 @@
+"""Reading and writing NIfTI volumes with the checks every step needs.
+
+A step never trusts a volume blindly: a 4-D image where a 3-D one is expected, NaNs, or an all-zero
+volume are reported with the subject and file named, instead of flowing on as garbage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from thrombus.io import PathLike, atomic_path
+
+
+class VolumeError(ValueError):
+    """A volume that cannot be used as it is; the message names the file and what to do."""
+
+
+def save_nifti(image: nib.Nifti1Image, target: PathLike) -> Path:
+    """Save atomically; clears free-text header fields so nothing identifying can ride along."""
+    header = image.header
+    header["descrip"] = b""
+    header["aux_file"] = b""
+    header["db_name"] = b""
+    with atomic_path(target) as tmp:
+        nib.save(image, tmp)
+    return Path(target)
+
+
+def save_array(data: np.ndarray, affine: np.ndarray, target: PathLike, dtype: type | None = None) -> Path:
+    """Save an array on a grid, with qform and sform both set to `affine` (code 1, scanner)."""
+    array = np.asarray(data if dtype is None else data.astype(dtype))
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    return save_nifti(image, target)
+
+
+def check_volume(data: np.ndarray, path: PathLike, what: str = "volume", allow_4d: bool = False) -> None:
+    """Raise VolumeError for data no step can use; `what` names the subject and sequence."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        return
+    if data.ndim == 4 and not allow_4d:
+        raise VolumeError(
+            f"{what}: {path} is 4-D {data.shape}, a 3-D volume was expected; "
+            "point the sample sheet at a single-volume series or select one volume"
+        )
+    if data.ndim not in (3, 4):
+        raise VolumeError(f"{what}: {path} has {data.ndim} dimensions {data.shape}, expected 3")
+    if data.size == 0:
+        raise VolumeError(f"{what}: {path} is empty (shape {data.shape})")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise VolumeError(f"{what}: {path} holds {bad} NaN/inf voxels; fix or re-export the series")
+    if not np.any(data):
+        raise VolumeError(f"{what}: {path} is all zeros; the series is blank or was exported wrongly")
+
+
+def load_volume(path: PathLike, what: str = "volume", allow_4d: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Load float32 data (a trailing singleton 4th axis squeezed) and the image, after `check_volume`."""
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{what}: {path} does not exist")
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    check_volume(data, path, what, allow_4d=allow_4d)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data, image
+
+
+def orientation(affine: np.ndarray) -> str:
+    """Axis codes such as 'LAS' for an affine."""
+    return "".join(nib.aff2axcodes(affine))
