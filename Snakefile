@@ -2,6 +2,8 @@
 # Table of contents only: the rules live in workflow/rules/, the logic in the `thrombus` package.
 from snakemake.utils import min_version
 
+from thrombus import SEQUENCES
+
 min_version("9.0")
 
 
@@ -9,6 +11,14 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    center="[A-Za-z0-9]+",
+    subject="[A-Za-z0-9]+",
+    sequence="|".join(SEQUENCES),
+
+
 include: "workflow/rules/convert.smk"
 
 

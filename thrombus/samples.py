@@ -35,7 +35,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise SampleSheetError(f"sample sheet {path} does not exist; set `samples` in the config")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     sheet.columns = [c.strip() for c in sheet.columns]
     unknown = [c for c in sheet.columns if c not in COLUMNS]
     if unknown:

@@ -3,7 +3,6 @@ import json
 
 from snakemake.utils import validate
 
-from thrombus import SEQUENCES
 from thrombus import samples as sheets
 
 
@@ -15,12 +14,6 @@ SHEET = sheets.check_sheet(_RAW_SHEET, config, source=config["samples"])
 SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, config)}
 
 
-wildcard_constraints:
-    center="[A-Za-z0-9]+",
-    subject="[A-Za-z0-9]+",
-    sequence="|".join(SEQUENCES),
-
-
 def converted(subject):
     """The converted NIfTI of every sequence a subject has."""
     s = SUBJECTS[subject]
@@ -28,7 +21,7 @@ def converted(subject):
 
 
 def all_targets():
-    """What `rule all` builds: for now every converted sequence of every subject."""
+    """The final targets of the workflow: for now every converted sequence of every subject."""
     return [path for subject in SUBJECTS for path in converted(subject)]
 
 

@@ -1,0 +1,49 @@
+# Two commands (README): `make demo` and `make test`. Both set up .venv from scratch when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# The real scanner data beside the repository (tests skip what needs it when it is absent).
+REALDATA ?= $(abspath ../shared/realdata)
+# pytest selection: `make test PYTEST_ARGS="-m 'not slow'"` for a quick run.
+PYTEST_ARGS ?=
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv demo test lint clean-demo help
+
+help:
+	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/)"
+	@echo "make test   set up .venv and run the test suite"
+	@echo "make lint   snakemake --lint on the demo config"
+
+venv: $(STAMP)
+
+# torch==2.13.0 first: the CPU build (an unpinned torch pulls a multi-GB CUDA build; on GPU nodes
+# install the CUDA build that matches the driver before `pip install -e .`).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[preprocess,test]'
+	touch $@
+
+cohort/demo/samples.tsv: $(STAMP)
+	thrombus synth --preset demo --out cohort/demo
+
+demo: $(STAMP) cohort/demo/samples.tsv
+	snakemake --profile profiles/local all
+	@echo
+	@echo "Converted volumes: $(CURDIR)/results/convert/<center>/<subject>/<sequence>.nii.gz"
+	@echo "Step records:      $(CURDIR)/logs/convert/<center>/<subject>/<sequence>.json"
+	@echo "Cohort truth + QC: $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
+
+test: $(STAMP)
+	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) cohort/demo/samples.tsv
+	snakemake --lint
+
+clean-demo:
+	rm -rf cohort/demo results logs .snakemake

@@ -1,0 +1,56 @@
+"""Shared fixtures: the repository, a Snakemake runner, the real-data folder, the tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first, so `thrombus`/`snakemake` resolve to it."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run the project's workflow in `workdir` (outputs land there, never in the repository)."""
+    command = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(command, cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, **values: object) -> Path:
+    """A config file holding `values` (the schema fills the rest with its defaults)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(values, sort_keys=True))
+    return path
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The real scanner data folder named by THROMBUS_REALDATA (`.ci/run` and `make test` set it)."""
+    value = os.environ.get("THROMBUS_REALDATA", "")
+    if not value:
+        pytest.skip("THROMBUS_REALDATA is not set: real scanner data tests need ../shared/realdata (make test sets it)")
+    path = Path(value)
+    if not (path / "MANIFEST.tsv").exists():
+        pytest.skip(f"THROMBUS_REALDATA={value} holds no MANIFEST.tsv: the real scanner data folder is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic cohort, generated once per test session."""
+    from thrombus.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    generate_cohort(preset="tiny", out_dir=out, seed=None, progress=False)
+    return out

@@ -1,0 +1,56 @@
+"""The small pure pieces of conversion: diffusion maps and identifier scrubbing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thrombus.convert.diffusion import adc_map, highest_b, trace_image
+from thrombus.convert.sidecar import REMOVED, scrub_sidecar, scrub_text
+
+
+def _dwi(adc: np.ndarray, bvals: tuple[float, ...], s0: float = 1000.0) -> np.ndarray:
+    return np.stack([s0 * np.exp(-b * adc * 1e-6) for b in bvals], axis=-1).astype(np.float32)
+
+
+def test_adc_is_recovered_from_b0_and_b1000() -> None:
+    truth = np.full((4, 4, 3), 800.0)
+    truth[1:3, 1:3, 1] = 450.0  # an infarct-like restriction
+    adc, bvalue = adc_map(_dwi(truth, (0.0, 1000.0, 1000.0, 1000.0)), (0.0, 1000.0, 1000.0, 1000.0))
+    assert bvalue == 1000.0
+    np.testing.assert_allclose(adc, truth, rtol=1e-3)
+
+
+def test_trace_is_the_geometric_mean_over_directions() -> None:
+    data = np.ones((2, 2, 2, 4), dtype=np.float32)
+    data[..., 1], data[..., 2], data[..., 3] = 2.0, 8.0, 4.0
+    trace, bvalue, count = trace_image(data, (0.0, 995.0, 1000.0, 1005.0))
+    assert (bvalue, count) == (1000.0, 3)
+    np.testing.assert_allclose(trace, 4.0, rtol=1e-6)
+
+
+def test_highest_b_rounds_scanner_jitter() -> None:
+    assert highest_b((5.0, 998.0, 1002.0, 500.0)) == (1000.0, [1, 2])
+
+
+def test_no_diffusion_weighting_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no diffusion-weighted volume"):
+        trace_image(np.ones((2, 2, 2, 2)), (0.0, 0.0))
+
+
+def test_sidecar_loses_identifying_fields_and_values() -> None:
+    sidecar = {
+        "PatientName": "SYNTH^JANE", "PatientBirthDate": "19500101", "InstitutionName": "General",
+        "ImageComments": "scan of Jane ok", "ProtocolName": "ep2d_diff", "EchoTime": 0.08,
+        "Nested": ["FAKEID-123 here", "fine"],
+    }
+    scrubbed = scrub_sidecar(sidecar, {"SYNTH^JANE", "JANE", "FAKEID-123"})
+    assert "PatientName" not in scrubbed and "InstitutionName" not in scrubbed
+    assert scrubbed["ImageComments"] == REMOVED
+    assert scrubbed["Nested"] == [REMOVED, "fine"]
+    assert scrubbed["ProtocolName"] == "ep2d_diff" and scrubbed["EchoTime"] == 0.08
+
+
+def test_short_identifiers_do_not_wipe_ordinary_words() -> None:
+    assert scrub_sidecar({"ProtocolName": "t1 mprage"}, {"t1"}) == {"ProtocolName": "t1 mprage"}
+    assert scrub_text("Convert 20 DICOM of SYNTH^JANE", {"SYNTH^JANE"}) == f"Convert 20 DICOM of {REMOVED}"
