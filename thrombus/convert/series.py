@@ -23,7 +23,13 @@ _SCAN_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "ImageOrientationPatient",
     "ImagePositionPatient", "NumberOfFrames", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel",
     "ImageType", "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
+    "PixelData",
 ]
+
+#: Pixel data is read lazily (deferred): only its declared length and offset are needed.
+_DEFER_BYTES = 1024
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 
 #: Files that sit in DICOM folders without being images; skipped silently.
 _IGNORED_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", ".DS_Store", "Thumbs.db"}
@@ -87,14 +93,30 @@ def _float_tuple(value: object) -> tuple[float, ...] | None:
     return tuple(round(float(v), 4) for v in value)  # type: ignore[union-attr]
 
 
+def _check_complete(ds: pydicom.Dataset, path: Path, what: str) -> None:
+    """A file cut short (an interrupted copy) declares more pixel bytes than it holds."""
+    if _PIXEL_DATA not in ds:
+        raise SeriesError(f"{what}: {path} holds no pixel data; it is not an image")
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    length, offset = getattr(element, "length", None), getattr(element, "value_tell", None)
+    if length is None or offset is None or length == _UNDEFINED_LENGTH:
+        return
+    size = path.stat().st_size
+    if offset + length > size:
+        raise SeriesError(
+            f"{what}: {path} is truncated ({size} bytes, its pixel data needs {offset + length}); copy the file again"
+        )
+
+
 def read_header(path: Path, what: str) -> tuple[DicomFile, set[str]]:
-    """Read one file's header; a non-DICOM or unreadable file raises SeriesError naming it."""
+    """Read one file's header; a non-DICOM, unreadable or truncated file raises SeriesError naming it."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, specific_tags=_SCAN_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
         raise SeriesError(f"{what}: {path} is not a readable DICOM file ({err}); remove it from the series folder") from err
     if "SeriesInstanceUID" not in ds:
         raise SeriesError(f"{what}: {path} has no SeriesInstanceUID; it is not an image of a DICOM series")
+    _check_complete(ds, path, what)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     number = ds.get("SeriesNumber")
     record = DicomFile(
