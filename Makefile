@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[preprocess,test]'
+	$(BIN)/python -m pip install --quiet -e '.[preprocess,slurm,test]'
 	touch $@
 
 cohort/demo/samples.tsv: $(STAMP)
