@@ -20,9 +20,24 @@ wildcard_constraints:
 
 
 include: "workflow/rules/convert.smk"
+include: "workflow/rules/skullstrip.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/harmonise.smk"
 
 
 rule all:
     input:
         all_targets(),
     default_target: True
+
+
+rule convert_all:
+    """Only the conversion of every subject (one center with --config center=X)."""
+    input:
+        [path for subject in SUBJECTS for path in converted(subject)],
+
+
+rule preprocess:
+    """Conversion, skull stripping, registration and harmonisation (one center with --config center=X)."""
+    input:
+        preprocess_targets(),

@@ -1,5 +1,6 @@
 # Bookkeeping done once: config and sample-sheet validation, wildcard constraints, input functions.
 import json
+import shlex
 
 from snakemake.utils import validate
 
@@ -21,8 +22,130 @@ def converted(subject):
 
 
 def all_targets():
-    """The final targets of the workflow: for now every converted sequence of every subject."""
-    return [path for subject in SUBJECTS for path in converted(subject)]
+    """The final targets of the workflow: for now the preprocessed stacks and QC of every center."""
+    return preprocess_targets()
+
+
+def preprocess_targets():
+    """Harmonised stacks, QC pictures, and each center's QC table and fingerprint."""
+    centers = sorted({s.center for s in SUBJECTS.values()})
+    stacks = [f"results/harmonise/{s.center}/{s.subject}/stack.nii.gz" for s in SUBJECTS.values()]
+    return stacks + [f"results/qc/{c}/preprocess.tsv" for c in centers]
+
+
+def reference_of(subject):
+    """The subject's reference sequence: the first of its center's priority list that it has."""
+    s = SUBJECTS[subject]
+    return s.reference(sheets.reference_priority(config, s.center))
+
+
+def mask_sequence_of(subject):
+    """The sequence HD-BET runs on: the first of the skullstrip priority list the subject has."""
+    return SUBJECTS[subject].reference(config["skullstrip"]["priority"] + list(SUBJECTS[subject].sequences))
+
+
+def registered_sequences(subject):
+    """Every sequence of the subject except its reference."""
+    reference = reference_of(subject)
+    return [seq for seq in SUBJECTS[subject].sequences if seq != reference]
+
+
+def skullstrip_image(wildcards):
+    s = SUBJECTS[wildcards.subject]
+    return f"results/convert/{s.center}/{s.subject}/{mask_sequence_of(s.subject)}.nii.gz"
+
+
+def skullstrip_sequence(wildcards):
+    return mask_sequence_of(wildcards.subject)
+
+
+def reference_image(wildcards):
+    s = SUBJECTS[wildcards.subject]
+    return f"results/convert/{s.center}/{s.subject}/{reference_of(s.subject)}.nii.gz"
+
+
+def register_inputs(wildcards):
+    """Reference and moving image, plus the mask that steers the metric.
+
+    The sequence HD-BET ran on is registered with its own (moving) brain mask, since the reference-grid
+    mask is made from its transform; every other sequence uses the reference-grid mask. ADC also gets
+    the DWI image and transform, reused when both share one grid.
+    """
+    s, seq = SUBJECTS[wildcards.subject], wildcards.sequence
+    base = f"results/convert/{s.center}/{s.subject}"
+    inputs = {"reference": reference_image(wildcards), "moving": f"{base}/{seq}.nii.gz"}
+    if seq == mask_sequence_of(s.subject):
+        inputs["moving_mask"] = f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz"
+    else:
+        inputs["fixed_mask"] = f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz"
+    if seq == "adc" and "dwi" in registered_sequences(s.subject):
+        inputs["partner_image"] = f"{base}/dwi.nii.gz"
+        inputs["partner_transform"] = f"results/register/{s.center}/{s.subject}/dwi.mat"
+    return inputs
+
+
+def optional_flags(inputs, names):
+    """`--flag 'path'` for each optional named input the job has (quoted for the shell)."""
+    present = inputs.keys()
+    return " ".join(f"--{flag} {shlex.quote(str(inputs[key]))}" for flag, key in names if key in present)
+
+
+def register_flags(wildcards, input):
+    return optional_flags(
+        input,
+        [("fixed-mask", "fixed_mask"), ("moving-mask", "moving_mask"),
+         ("partner-image", "partner_image"), ("partner-transform", "partner_transform")],
+    )
+
+
+def brainmask_flags(wildcards, input):
+    return optional_flags(input, [("transform", "transform")])
+
+
+def reference_sequence(wildcards):
+    return reference_of(wildcards.subject)
+
+
+def brainmask_inputs(wildcards):
+    """The native mask, the reference, and the mask sequence's transform unless it is the reference."""
+    s = SUBJECTS[wildcards.subject]
+    inputs = {
+        "native_mask": f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz",
+        "reference": reference_image(wildcards),
+    }
+    mask_seq = mask_sequence_of(s.subject)
+    if mask_seq != reference_of(s.subject):
+        inputs["transform"] = f"results/register/{s.center}/{s.subject}/{mask_seq}.mat"
+    return inputs
+
+
+def harmonise_inputs(wildcards):
+    s = SUBJECTS[wildcards.subject]
+    root = f"results/register/{s.center}/{s.subject}"
+    others = registered_sequences(s.subject)
+    return {
+        "reference": reference_image(wildcards),
+        "brain_mask": f"{root}/brain_mask.nii.gz",
+        "images": [f"{root}/{seq}.nii.gz" for seq in others],
+        "records": [f"{root}/{seq}.json" for seq in others],
+    }
+
+
+def harmonise_sequences(wildcards):
+    return " ".join(registered_sequences(wildcards.subject))
+
+
+def center_subjects(center):
+    return [s for s in SUBJECTS.values() if s.center == center]
+
+
+def qc_center_inputs(wildcards):
+    subjects = center_subjects(wildcards.center)
+    return {
+        "skullstrip": [f"results/skullstrip/{s.center}/{s.subject}/record.json" for s in subjects],
+        "register": [f"results/register/{s.center}/{s.subject}/{seq}.json" for s in subjects for seq in registered_sequences(s.subject)],
+        "summaries": [f"results/harmonise/{s.center}/{s.subject}/stack.json" for s in subjects],
+    }
 
 
 def convert_source(wildcards):

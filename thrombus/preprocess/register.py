@@ -1,0 +1,282 @@
+"""Co-registration of a subject's sequences to its reference sequence (ANTs, through antspyx).
+
+Same-session scans already share scanner coordinates, so registration starts from the identity (not
+from the centres of mass, which move when two sequences cover different parts of the head) and only
+has to remove head motion between series: Rigid, with Mattes mutual information restricted to the
+brain. Affine is an option for EPI sequences (DWI/ADC) whose distortion a rigid model cannot follow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+from thrombus.io import PathLike, atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Fraction of the reference brain the moving image must cover before registration is attempted.
+MIN_OVERLAP = 0.3
+
+
+class RegistrationError(ValueError):
+    """A registration that cannot be trusted; the message names subject, sequence and reason."""
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """What the config says about registration; recorded in every step record."""
+
+    transform: Literal["Rigid", "Affine"] = "Rigid"
+    threads: int = 1
+    deterministic: bool = False
+    seed: int = 0
+    # no 8x shrink level: with 5-6 mm slices it leaves 3-4 slices and sends the optimiser astray
+    iterations: tuple[int, ...] = (1000, 500, 100)
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
+    sampling_rate: float = 0.25
+    histogram_bins: int = 32
+    #: Rotations (degrees) and translations (mm) beyond these are flagged in QC: heads move less in one session.
+    max_rotation_deg: float = 15.0
+    max_translation_mm: float = 20.0
+
+
+def import_ants(threads: int, deterministic: bool = False, seed: int = 1) -> ModuleType:
+    """Import antspyx with ITK's thread count set first, which ITK reads only once, at import.
+
+    A seed is always passed to ANTs: without one (or with 0, which ANTs takes as "none") it seeds the
+    metric's random sampling from the clock, and a hard pair (5 mm slices, a large initial offset) then
+    lands in a wrong optimum in some runs and not in others. Deterministic mode also forces one thread,
+    since the partition of samples across threads changes the sums in the last bits.
+    """
+    count = 1 if deterministic else max(1, int(threads))
+    if "ants" in sys.modules and os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS") != str(count):
+        log.warning("ants was imported before its thread count was set; ITK may not use %d thread(s)", count)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(count)
+    import ants
+
+    ants.config.set_ants_deterministic(deterministic, max(1, int(seed)))
+    return ants
+
+
+@dataclass
+class Registration:
+    """The result: the forward transform file, the moving image on the fixed grid, and the metric values."""
+
+    transform: Path
+    warped: Any
+    mi_before: float
+    mi_after: float
+    rotation_deg: float
+    translation_mm: float
+    matrix: list[list[float]]
+
+
+def _mutual_information(ants: ModuleType, fixed: Any, moving_on_fixed: Any, mask: Any | None) -> float:
+    """Mattes mutual information inside the fixed mask, as a positive number (higher is better)."""
+    value = ants.image_similarity(
+        fixed, moving_on_fixed, metric_type="MattesMutualInformation", fixed_mask=mask, moving_mask=mask,
+    )
+    return float(-value)
+
+
+def overlap_fraction(ants: ModuleType, fixed_mask: Any, moving: Any) -> float:
+    """Share of the fixed brain where the moving image, in scanner coordinates, has signal."""
+    on_fixed = ants.resample_image_to_target(moving, fixed_mask, interp_type="linear")
+    brain = fixed_mask.numpy() > 0
+    if not brain.any():
+        return 0.0
+    return float(np.count_nonzero(on_fixed.numpy()[brain] > 0) / np.count_nonzero(brain))
+
+
+def _motion(ants: ModuleType, transform: Path) -> tuple[float, float, list[list[float]]]:
+    """Rotation angle (degrees) and translation (mm) of an ANTs affine file, for QC."""
+    tx = ants.read_transform(str(transform))
+    params = np.asarray(tx.parameters, dtype=float)
+    matrix = params[:9].reshape(3, 3)
+    translation = params[9:12]
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0))))
+    full = np.eye(4)
+    full[:3, :3], full[:3, 3] = matrix, translation
+    return angle, float(np.linalg.norm(translation)), full.round(6).tolist()
+
+
+def register(
+    ants: ModuleType,
+    fixed: Any,
+    moving: Any,
+    options: RegistrationOptions,
+    fixed_mask: Any | None = None,
+    moving_mask: Any | None = None,
+    what: str = "registration",
+    transform_out: PathLike | None = None,
+) -> Registration:
+    """Register `moving` to `fixed` (identity start) and judge the result by mutual information.
+
+    The forward transform is saved atomically at `transform_out` (a temporary file when not given).
+    """
+    reference_mask = fixed_mask if fixed_mask is not None else ants.get_mask(fixed)
+    coverage = overlap_fraction(ants, reference_mask, moving)
+    if coverage < MIN_OVERLAP:
+        raise RegistrationError(
+            f"{what}: the image covers {coverage:.0%} of the reference brain in scanner coordinates; "
+            "its field of view does not overlap the reference (another session or a wrong series?)"
+        )
+    before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
+    mi_before = _mutual_information(ants, fixed, before, reference_mask)
+    with tempfile.TemporaryDirectory(prefix="thrombus-ants-") as work:
+        result = ants.registration(
+            fixed=fixed, moving=moving, type_of_transform=options.transform, initial_transform="Identity",
+            mask=fixed_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
+            aff_random_sampling_rate=options.sampling_rate, aff_iterations=options.iterations,
+            aff_shrink_factors=options.shrink_factors, aff_smoothing_sigmas=options.smoothing_sigmas,
+            outprefix=str(Path(work) / "reg_"), verbose=False,
+        )
+        if transform_out is None:
+            transform_out = Path(tempfile.mkdtemp(prefix="thrombus-tx-")) / "forward.mat"
+        kept = save_transform(Path(result["fwdtransforms"][0]), transform_out)
+    warped = result["warpedmovout"]
+    mi_after = _mutual_information(ants, fixed, warped, reference_mask)
+    angle, shift, matrix = _motion(ants, kept)
+    return Registration(kept, warped, mi_before, mi_after, angle, shift, matrix)
+
+
+def apply(ants: ModuleType, fixed: Any, moving: Any, transform: PathLike, label: bool = False) -> Any:
+    """Resample `moving` onto the fixed grid through `transform` (linear, or genericLabel for masks)."""
+    return ants.apply_transforms(
+        fixed=fixed, moving=moving, transformlist=[str(transform)],
+        interpolator="genericLabel" if label else "linear",
+    )
+
+
+def save_transform(transform: Path, target: PathLike) -> Path:
+    """Move a transform file into place atomically."""
+    with atomic_path(target, suffix=".mat") as tmp:
+        shutil.copyfile(transform, tmp)
+    return Path(target)
+
+
+def save_image(ants: ModuleType, image: Any, target: PathLike) -> Path:
+    """Write an ANTs image atomically (ITK picks the format from the temporary name's suffix)."""
+    with atomic_path(target) as tmp:
+        ants.image_write(image, str(tmp))
+    return Path(target)
+
+
+def qc_values(result: Registration, options: RegistrationOptions) -> dict[str, Any]:
+    """Metric and motion values for the step record, with the flags a reviewer should look at."""
+    flags = []
+    if result.mi_after < result.mi_before:
+        flags.append("mutual information decreased: registration likely failed")
+    if result.rotation_deg > options.max_rotation_deg:
+        flags.append(f"rotation {result.rotation_deg:.1f} deg above {options.max_rotation_deg} deg")
+    if result.translation_mm > options.max_translation_mm:
+        flags.append(f"translation {result.translation_mm:.1f} mm above {options.max_translation_mm} mm")
+    return {
+        "mi_before": round(result.mi_before, 5),
+        "mi_after": round(result.mi_after, 5),
+        "rotation_deg": round(result.rotation_deg, 3),
+        "translation_mm": round(result.translation_mm, 3),
+        "matrix": result.matrix,
+        "flags": flags,
+        "options": asdict(options),
+    }
+
+
+def _read(ants: ModuleType, path: PathLike, what: str) -> Any:
+    """Check a volume the way every step does (3-D, finite, not blank), then read it with ANTs."""
+    from thrombus.nifti import load_volume
+
+    load_volume(path, what)
+    image = ants.image_read(str(path))
+    if image.dimension == 4:  # a trailing singleton axis, accepted by load_volume
+        image = ants.slice_image(image, axis=3, idx=0)
+    return image
+
+
+def register_file(
+    reference: PathLike,
+    moving: PathLike,
+    out_image: PathLike,
+    out_transform: PathLike,
+    options: RegistrationOptions,
+    subject: str,
+    center: str,
+    sequence: str,
+    fixed_mask: PathLike | None = None,
+    moving_mask: PathLike | None = None,
+    reuse_transform: PathLike | None = None,
+    record_path: PathLike | None = None,
+) -> dict[str, Any]:
+    """The `register` step for one sequence: transform, image on the reference grid, step record.
+
+    `reuse_transform` applies another sequence's transform instead of estimating one: the ADC map is
+    computed from the DWI acquisition, so it must move exactly as the DWI did. A registration that
+    QC flags as failed is kept but marked unusable, and harmonisation then treats the sequence as
+    missing rather than feeding a misaligned image to the model.
+    """
+    from thrombus.io import sha256_file
+    from thrombus.provenance import StepRecord, package_versions
+
+    what = f"center {center}, subject {subject}, {sequence}"
+    record = StepRecord("register", subject=subject, center=center)
+    record.inputs = {"reference": str(reference), "moving": str(moving), "sha256_moving": sha256_file(moving)}
+    record.params = {"sequence": sequence, **asdict(options)}
+    record.versions = package_versions(("antspyx",))
+    ants = import_ants(options.threads, options.deterministic, options.seed)
+    fixed = _read(ants, reference, f"{what} (reference {Path(reference).name})")
+    image = _read(ants, moving, what)
+    if reuse_transform is not None:
+        save_transform(Path(reuse_transform), out_transform)
+        warped = apply(ants, fixed, image, out_transform)
+        record.qc = {"reused_transform": str(reuse_transform), "flags": [], "usable": True}
+    else:
+        masks = {
+            "fixed_mask": ants.image_read(str(fixed_mask)) if fixed_mask else None,
+            "moving_mask": ants.image_read(str(moving_mask)) if moving_mask else None,
+        }
+        result = register(ants, fixed, image, options, what=what, transform_out=out_transform, **masks)
+        warped = result.warped
+        record.qc = qc_values(result, options)
+        record.qc["usable"] = result.mi_after >= result.mi_before
+        for flag in record.qc["flags"]:
+            log.warning("%s: %s", what, flag)
+    save_image(ants, warped, out_image)
+    record.outputs = {"image": str(out_image), "transform": str(out_transform)}
+    if record_path is not None:
+        record.write(record_path)
+    return record.as_dict()
+
+
+def carry_mask(
+    native_mask: PathLike, reference: PathLike, out_mask: PathLike, transform: PathLike | None, threads: int = 1
+) -> Path:
+    """Bring the brain mask from the sequence it was computed on onto the reference grid (genericLabel)."""
+    ants = import_ants(threads)
+    fixed = ants.image_read(str(reference))
+    mask = ants.image_read(str(native_mask))
+    if transform is None:
+        moved = ants.resample_image_to_target(mask, fixed, interp_type="genericLabel")
+    else:
+        moved = apply(ants, fixed, mask, transform, label=True)
+    return save_image(ants, moved.astype("uint8"), out_mask)
+
+
+def same_grid(a: PathLike, b: PathLike, tolerance: float = 1e-3) -> bool:
+    """Whether two images share shape and affine: then they come from one acquisition's reconstruction."""
+    import nibabel as nib
+
+    first, second = nib.load(str(a)), nib.load(str(b))
+    return first.shape[:3] == second.shape[:3] and bool(np.allclose(first.affine, second.affine, atol=tolerance))

@@ -1,0 +1,48 @@
+rule harmonise:
+    """Normalised channel stack on the reference grid, its availability vector, and a QC picture."""
+    input:
+        unpack(harmonise_inputs),
+    output:
+        stack="results/harmonise/{center}/{subject}/stack.nii.gz",
+        summary="results/harmonise/{center}/{subject}/stack.json",
+        png="results/qc/{center}/{subject}/preprocess.png",
+    log:
+        record="logs/harmonise/{center}/{subject}.json",
+        console="logs/harmonise/{center}/{subject}.log",
+    params:
+        reference_sequence=reference_sequence,
+        sequences=harmonise_sequences,
+        options=json.dumps(config["harmonise"]),
+    threads: config["threads"]["harmonise"]
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "thrombus harmonise --center {wildcards.center} --subject {wildcards.subject}"
+        " --reference {input.reference:q} --reference-sequence {params.reference_sequence}"
+        " --brain-mask {input.brain_mask:q} --sequences {params.sequences} --images {input.images:q}"
+        " --records {input.records:q} --options {params.options:q} --out-stack {output.stack:q}"
+        " --out-json {output.summary:q} --out-png {output.png:q} --record {log.record:q} 2> {log.console:q}"
+
+
+rule qc_center:
+    """Per-center table of registration metrics and brain volumes (outliers flagged) and the fingerprint."""
+    input:
+        unpack(qc_center_inputs),
+    output:
+        table="results/qc/{center}/preprocess.tsv",
+        fingerprint="results/harmonise/{center}/fingerprint.json",
+    log:
+        "logs/qc_center/{center}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "thrombus qc-center --center {wildcards.center} --skullstrip {input.skullstrip:q}"
+        " --register {input.register:q} --summaries {input.summaries:q}"
+        " --out-table {output.table:q} --out-fingerprint {output.fingerprint:q} 2> {log:q}"
