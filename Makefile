@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 cohort/demo/samples.tsv: $(STAMP)
-	thrombus synth --preset demo --out cohort/demo
+	thrombus synth --preset demo --out cohort/demo --threads 2
 
 demo: $(STAMP) cohort/demo/samples.tsv
 	snakemake --profile profiles/local all

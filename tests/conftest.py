@@ -54,3 +54,13 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_cohort")
     generate_cohort(preset="tiny", out_dir=out, seed=None, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workflow run once on the tiny cohort (local profile); its working directory."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    config = write_config(workdir / "config.yaml", samples=str(tiny_cohort / "samples.tsv"))
+    done = snakemake(workdir, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workdir

@@ -1,0 +1,118 @@
+"""The workflow on the tiny synthetic cohort: DAG, lint, conversion geometry, privacy, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO, snakemake, write_config
+from thrombus.samples import read_sheet
+
+
+def _truth(cohort: Path, center: str, subject: str) -> dict:
+    return json.loads((cohort / "truth" / center / subject / "truth.json").read_text())
+
+
+def test_lint(tiny_cohort: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", samples=str(tiny_cohort / "samples.tsv"))
+    done = snakemake(tmp_path, "--lint", "--configfile", str(config), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Congratulations" in done.stdout + done.stderr
+
+
+def test_dry_run_of_the_demo_config(tiny_cohort: Path, tmp_path: Path) -> None:
+    """The shipped config builds the DAG (with the tiny cohort's sheet in place of the demo one)."""
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config" / "config.yaml"),
+                     "--config", f"samples={tiny_cohort / 'samples.tsv'}", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sheet = read_sheet(tiny_cohort / "samples.tsv")
+    pairs = sum(int(bool(v)) for s in ("swi", "t2star", "dwi", "adc", "flair", "t1") for v in sheet[s])
+    assert f"convert           {pairs}" in done.stdout or f"convert {pairs}" in " ".join(done.stdout.split())
+
+
+def test_converted_geometry_matches_the_generator(tiny_cohort: Path, tiny_run: Path) -> None:
+    sheet = read_sheet(tiny_cohort / "samples.tsv")
+    checked = 0
+    for _, row in sheet.iterrows():
+        truth = _truth(tiny_cohort, row["center"], row["subject"])
+        for sequence, expected in truth["sequences"].items():
+            image = nib.load(tiny_run / "results" / "convert" / row["center"] / row["subject"] / f"{sequence}.nii.gz")
+            assert list(image.shape) == expected["shape"], (row["subject"], sequence)
+            np.testing.assert_allclose(image.header.get_zooms()[:3], expected["spacing_mm"], atol=1e-3)
+            assert "".join(nib.aff2axcodes(image.affine)) == expected["orientation"]
+            checked += 1
+        reference = nib.load(tiny_run / "results" / "convert" / row["center"] / row["subject"] / f"{truth['reference']}.nii.gz")
+        mask = nib.load(tiny_cohort / "truth" / row["center"] / row["subject"] / "thrombus.nii.gz")
+        assert reference.shape == mask.shape
+        np.testing.assert_allclose(reference.affine, mask.affine, atol=1e-3)
+    assert checked >= 20
+
+
+def test_no_identifier_reaches_any_output(tiny_cohort: Path, tiny_run: Path) -> None:
+    """Every fake name, ID, birth date, accession number and institution stays out of results and logs."""
+    identifiers = json.loads((tiny_cohort / "identifiers.json").read_text())["subjects"]
+    needles = {str(v).encode() for person in identifiers for k, v in person.items() if k != "subject" and len(str(v)) >= 4}
+    needles |= {part.encode() for person in identifiers for part in person["PatientName"].split("^") if len(part) >= 4}
+    needles.discard(b"SYNTH")
+    files = [p for d in ("results", "logs") for p in (tiny_run / d).rglob("*") if p.is_file()]
+    assert len(files) > 50
+    for path in files:
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            import gzip
+
+            data = gzip.decompress(data)[:4096]  # the NIfTI header and extensions
+        leaked = [n.decode() for n in needles if n in data]
+        assert not leaked, f"{path} contains {leaked}"
+
+
+def test_second_run_has_nothing_to_do(tiny_cohort: Path, tiny_run: Path) -> None:
+    done = snakemake(tiny_run, "-n", "--configfile", str(tiny_run / "config.yaml"), timeout=120)
+    assert done.returncode == 0
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_one_center_can_be_redone_alone(tiny_cohort: Path, tiny_run: Path) -> None:
+    """`--config center=A --forcerun convert` redoes center A and touches nothing of B and C."""
+    def stamps() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for d in ("results", "logs") for p in (tiny_run / d).rglob("*") if p.is_file()}
+
+    before = stamps()
+    done = snakemake(tiny_run, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(tiny_run / "config.yaml"),
+                     "--config", "center=A", "--forcerun", "convert", "--", "preprocess", timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    after = stamps()
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert changed, "nothing was redone"
+    assert all("/A/" in str(p) for p in changed), sorted(str(p) for p in changed if "/A/" not in str(p))[:5]
+    assert any("results/harmonise/A/" in str(p) for p in changed)
+
+
+def test_bad_subject_fails_alone_with_keep_going(tiny_cohort: Path, tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    sheet = read_sheet(cohort / "samples.tsv")
+    victim = sheet[sheet["swi"].str.match(r"^\d")].iloc[0]
+    folder = Path(victim["dicom_dir"]) / victim["swi"]
+    slices = sorted(folder.iterdir())
+    slices[len(slices) // 2].unlink()
+    config = write_config(tmp_path / "config.yaml", samples=str(cohort / "samples.tsv"))
+    done = snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(config), "--", "convert_all", timeout=900)
+    assert done.returncode != 0
+    log = (tmp_path / "logs" / "convert" / victim["center"] / victim["subject"] / "swi.log").read_text()
+    assert f"center {victim['center']}, subject {victim['subject']}, swi" in log and "a slice is missing" in log
+    assert str(folder) in log
+    assert not (tmp_path / "results" / "convert" / victim["center"] / victim["subject"] / "swi.nii.gz").exists()
+    others = [r for _, r in sheet.iterrows() if r["subject"] != victim["subject"]]
+    for row in others:
+        for sequence in ("swi", "t2star", "dwi", "adc", "flair", "t1"):
+            if row[sequence]:
+                assert (tmp_path / "results" / "convert" / row["center"] / row["subject"] / f"{sequence}.nii.gz").exists()
+    leftovers = [p for p in (tmp_path / "results").rglob(".*") if p.is_file()]
+    assert not leftovers, leftovers
