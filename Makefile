@@ -34,9 +34,11 @@ cohort/demo/samples.tsv: $(STAMP)
 demo: $(STAMP) cohort/demo/samples.tsv
 	snakemake --profile profiles/local all
 	@echo
-	@echo "Converted volumes: $(CURDIR)/results/convert/<center>/<subject>/<sequence>.nii.gz"
-	@echo "Step records:      $(CURDIR)/logs/convert/<center>/<subject>/<sequence>.json"
-	@echo "Cohort truth + QC: $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
+	@echo "Model-ready stacks:  $(CURDIR)/results/harmonise/<center>/<subject>/stack.nii.gz (+ stack.json)"
+	@echo "QC per subject:      $(CURDIR)/results/qc/<center>/<subject>/preprocess.png"
+	@echo "QC per center:       $(CURDIR)/results/qc/<center>/preprocess.tsv"
+	@echo "Converted volumes:   $(CURDIR)/results/convert/<center>/<subject>/<sequence>.nii.gz"
+	@echo "Cohort truth + QC:   $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
 
 test: $(STAMP)
 	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \

@@ -25,6 +25,14 @@ include: "workflow/rules/register.smk"
 include: "workflow/rules/harmonise.smk"
 
 
+# targets and table assembly run on the submit host, not as cluster jobs
+localrules:
+    all,
+    convert_all,
+    preprocess,
+    qc_center,
+
+
 rule all:
     input:
         all_targets(),

@@ -50,7 +50,11 @@ def test_isles_flair_to_dwi(realdata: Path, tmp_path: Path) -> None:
 @pytest.mark.realdata
 @pytest.mark.parametrize("sequence", ["T2", "FLAIR"])
 def test_tcga_to_t1c_across_grids(realdata: Path, tmp_path: Path, sequence: str) -> None:
-    """TCGA T2 and FLAIR (own grids, 5.5 mm slices, misaligned by ~15 mm / ~10 deg) onto T1c."""
+    """TCGA T2 and FLAIR (own grids, 5.5 mm slices, misaligned by ~15 mm / ~10 deg) onto T1c: MI
+    improves and the moving image's own HD-BET mask, carried onto T1c, overlaps T1c's reference mask."""
+    from thrombus.preprocess.register import carry_mask
+    from thrombus.preprocess.skullstrip import HDBetOptions, skullstrip_file
+
     record = register_file(
         realdata / f"{TCGA}T1c.nii.gz", realdata / f"{TCGA}{sequence}.nii.gz", tmp_path / "out.nii.gz",
         tmp_path / "out.mat", RegistrationOptions(threads=2, seed=5), "FG6692", "TCGA", sequence.lower(),
@@ -59,6 +63,12 @@ def test_tcga_to_t1c_across_grids(realdata: Path, tmp_path: Path, sequence: str)
     # aligned pairs reach MI ~0.22-0.25 here; the identity start is ~0.03 and a wrong optimum ~0.07
     assert record["qc"]["mi_after"] > 0.18 > record["qc"]["mi_before"]
     assert record["qc"]["usable"]
+    native = tmp_path / "native_mask.nii.gz"
+    skullstrip_file(realdata / f"{TCGA}{sequence}.nii.gz", native, None, HDBetOptions(threads=2))
+    carried = carry_mask(native, realdata / f"{TCGA}T1c.nii.gz", tmp_path / "carried.nii.gz", tmp_path / "out.mat")
+    reference = realdata / f"{TCGA}T1c_hdbet_brainmask_from_brainles_tests.nii.gz"
+    overlap = dice(np.asarray(nib.load(carried).dataobj) > 0, np.asarray(nib.load(reference).dataobj) > 0)
+    assert overlap >= 0.9, overlap
 
 
 @pytest.mark.realdata
