@@ -109,18 +109,34 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
     from thrombus.preprocess.harmonise import NormaliseOptions, harmonise_subject
     from thrombus.preprocess.qc import subject_figure
 
+    from thrombus.io import read_json
+
     settings = json.loads(args.options)
+    scales = read_json(args.scales)["scales"] if args.scales else None
     registered = dict(zip(args.sequences, map(Path, args.images)))
     records = dict(zip(args.sequences, map(Path, args.records)))
     summary = harmonise_subject(
         Path(args.reference), args.reference_sequence, registered, records, Path(args.brain_mask), settings["channels"],
-        NormaliseOptions(settings.get("low_percentile", 0.5), settings.get("high_percentile", 99.5)),
+        NormaliseOptions(settings.get("low_percentile", 0.5), settings.get("high_percentile", 99.5), settings.get("method", "zscore")),
         Path(args.out_stack), Path(args.out_json), args.subject, args.center, Path(args.record) if args.record else None,
+        scales,
     )
     stack = np.asarray(nib.load(args.out_stack).dataobj)
     mask = np.asarray(nib.load(args.brain_mask).dataobj) > 0
     subject_figure(stack, mask, summary["channels"], summary["availability"], args.out_png,
                    f"center {args.center}, subject {args.subject} (reference {args.reference_sequence})")
+    return 0
+
+
+def _cmd_learn_histograms(args: argparse.Namespace) -> int:
+    from thrombus.preprocess.harmonise import learn_scales
+
+    settings = json.loads(args.options)
+    subjects = {Path(mask).parent.name: {"brain_mask": mask, "images": {}} for mask in args.masks}
+    for image in map(Path, args.images):
+        subjects[image.parent.name]["images"][image.name.split(".")[0]] = image
+    scales = learn_scales(list(subjects.values()), settings["channels"], Path(args.out))
+    log.info("histogram scales learned for %s", ", ".join(scales))
     return 0
 
 
@@ -223,10 +239,18 @@ def _add_preprocess_parsers(commands: argparse._SubParsersAction) -> None:
     harm.add_argument("--images", nargs="*", default=[])
     harm.add_argument("--records", nargs="*", default=[], help="their register step records")
     harm.add_argument("--options", default="{}", help="JSON of the config's harmonise section")
+    harm.add_argument("--scales", default=None, help="learned histogram scales (harmonise.method: histogram)")
     harm.add_argument("--out-stack", required=True)
     harm.add_argument("--out-json", required=True)
     harm.add_argument("--out-png", required=True)
     harm.set_defaults(func=_cmd_harmonise)
+
+    learn = commands.add_parser("learn-histograms", help="learn the standard histogram scale of each channel")
+    learn.add_argument("--masks", nargs="+", required=True, help="brain masks on the reference grid, in <subject>/ folders")
+    learn.add_argument("--images", nargs="+", required=True, help="<subject>/<sequence>.nii.gz images on the reference grid")
+    learn.add_argument("--options", default="{}", help="JSON of the config's harmonise section")
+    learn.add_argument("--out", required=True)
+    learn.set_defaults(func=_cmd_learn_histograms)
 
     qc = commands.add_parser("qc-center", help="per-center table of registration metrics and mask volumes, and the fingerprint")
     qc.add_argument("--center", required=True)

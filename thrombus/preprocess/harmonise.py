@@ -138,6 +138,30 @@ def fingerprint(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"n_subjects": len(records), "available": dict(sorted(counts.items())), "intensity": summary}
 
 
+def learn_scales(
+    subjects: Sequence[Mapping[str, Any]], channels: Mapping[str, Sequence[str]], out: Path
+) -> dict[str, list[float]]:
+    """Learn one standard histogram scale per channel from training subjects, and write it as JSON.
+
+    Each subject is {"brain_mask": path, "images": {sequence: path on the reference grid}}; a channel
+    takes, per subject, the same sequence the stack would (the first of its list that is present).
+    """
+    import nibabel as nib
+
+    from thrombus.io import write_json
+
+    pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in channels}
+    for subject in subjects:
+        mask = np.asarray(nib.load(str(subject["brain_mask"])).dataobj) > 0
+        for channel, sequence in choose_sources(channels, list(subject["images"])).items():
+            if sequence is not None:
+                data = np.asarray(nib.load(str(subject["images"][sequence])).dataobj, dtype=np.float32)
+                pairs[channel].append((data, mask))
+    scales = {channel: learn_standard_scale(items).round(6).tolist() for channel, items in pairs.items() if items}
+    write_json(out, {"percentiles": list(LANDMARK_PERCENTILES), "n_subjects": len(subjects), "scales": scales})
+    return scales
+
+
 def harmonise_subject(
     reference: Path,
     reference_sequence: str,
@@ -151,6 +175,7 @@ def harmonise_subject(
     subject: str,
     center: str,
     record_path: Path | None = None,
+    scales: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """The `harmonise` step: the normalised channel stack on the reference grid, and what it holds.
 
@@ -177,7 +202,7 @@ def harmonise_subject(
             excluded[sequence] = "; ".join(qc.get("flags", [])) or "registration QC failed"
             continue
         images[sequence], _ = load_volume(path, f"{what}, {sequence}")
-    stack = build_stack(images, mask, channels, options)
+    stack = build_stack(images, mask, channels, options, {k: np.asarray(v) for k, v in (scales or {}).items()})
     save_array(stack.data, ref_image.affine, out_stack, dtype=np.float32)
     summary = {
         "subject": subject, "center": center, "reference": reference_sequence,

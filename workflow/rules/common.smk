@@ -13,11 +13,12 @@ _RAW_SHEET = sheets.read_sheet(config["samples"])
 validate(_RAW_SHEET, schema="../schemas/samples.schema.yaml")
 SHEET = sheets.check_sheet(_RAW_SHEET, config, source=config["samples"])
 SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, config)}
+ALL_SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, {**config, "center": None})}
 
 
 def converted(subject):
     """The converted NIfTI of every sequence a subject has."""
-    s = SUBJECTS[subject]
+    s = ALL_SUBJECTS[subject]
     return [f"results/convert/{s.center}/{s.subject}/{seq}.nii.gz" for seq in s.sequences]
 
 
@@ -35,23 +36,24 @@ def preprocess_targets():
 
 def reference_of(subject):
     """The subject's reference sequence: the first of its center's priority list that it has."""
-    s = SUBJECTS[subject]
+    s = ALL_SUBJECTS[subject]
     return s.reference(sheets.reference_priority(config, s.center))
 
 
 def mask_sequence_of(subject):
     """The sequence HD-BET runs on: the first of the skullstrip priority list the subject has."""
-    return SUBJECTS[subject].reference(config["skullstrip"]["priority"] + list(SUBJECTS[subject].sequences))
+    s = ALL_SUBJECTS[subject]
+    return s.reference(config["skullstrip"]["priority"] + list(s.sequences))
 
 
 def registered_sequences(subject):
     """Every sequence of the subject except its reference."""
     reference = reference_of(subject)
-    return [seq for seq in SUBJECTS[subject].sequences if seq != reference]
+    return [seq for seq in ALL_SUBJECTS[subject].sequences if seq != reference]
 
 
 def skullstrip_image(wildcards):
-    s = SUBJECTS[wildcards.subject]
+    s = ALL_SUBJECTS[wildcards.subject]
     return f"results/convert/{s.center}/{s.subject}/{mask_sequence_of(s.subject)}.nii.gz"
 
 
@@ -60,7 +62,7 @@ def skullstrip_sequence(wildcards):
 
 
 def reference_image(wildcards):
-    s = SUBJECTS[wildcards.subject]
+    s = ALL_SUBJECTS[wildcards.subject]
     return f"results/convert/{s.center}/{s.subject}/{reference_of(s.subject)}.nii.gz"
 
 
@@ -71,7 +73,7 @@ def register_inputs(wildcards):
     mask is made from its transform; every other sequence uses the reference-grid mask. ADC also gets
     the DWI image and transform, reused when both share one grid.
     """
-    s, seq = SUBJECTS[wildcards.subject], wildcards.sequence
+    s, seq = ALL_SUBJECTS[wildcards.subject], wildcards.sequence
     base = f"results/convert/{s.center}/{s.subject}"
     inputs = {"reference": reference_image(wildcards), "moving": f"{base}/{seq}.nii.gz"}
     if seq == mask_sequence_of(s.subject):
@@ -108,7 +110,7 @@ def reference_sequence(wildcards):
 
 def brainmask_inputs(wildcards):
     """The native mask, the reference, and the mask sequence's transform unless it is the reference."""
-    s = SUBJECTS[wildcards.subject]
+    s = ALL_SUBJECTS[wildcards.subject]
     inputs = {
         "native_mask": f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz",
         "reference": reference_image(wildcards),
@@ -120,14 +122,44 @@ def brainmask_inputs(wildcards):
 
 
 def harmonise_inputs(wildcards):
-    s = SUBJECTS[wildcards.subject]
+    s = ALL_SUBJECTS[wildcards.subject]
     root = f"results/register/{s.center}/{s.subject}"
     others = registered_sequences(s.subject)
-    return {
+    inputs = {
         "reference": reference_image(wildcards),
         "brain_mask": f"{root}/brain_mask.nii.gz",
         "images": [f"{root}/{seq}.nii.gz" for seq in others],
         "records": [f"{root}/{seq}.json" for seq in others],
+    }
+    if config["harmonise"]["method"] == "histogram":
+        inputs["scales"] = "results/harmonise/histogram_scales.json"
+    return inputs
+
+
+def harmonise_flags(wildcards, input):
+    return optional_flags(input, [("scales", "scales")])
+
+
+def histogram_subjects():
+    """Subjects whose images define the standard histogram scale (every center unless listed)."""
+    centers = config["harmonise"]["histogram_centers"]
+    return [s for s in ALL_SUBJECTS.values() if not centers or s.center in centers]
+
+
+def histogram_images(subject):
+    """A subject's images on the reference grid, by sequence: the reference and the registered ones."""
+    s = ALL_SUBJECTS[subject]
+    images = {reference_of(subject): f"results/convert/{s.center}/{s.subject}/{reference_of(subject)}.nii.gz"}
+    images.update({seq: f"results/register/{s.center}/{s.subject}/{seq}.nii.gz" for seq in registered_sequences(subject)})
+    return images
+
+
+def learn_histograms_inputs(wildcards):
+    """Brain masks and reference-grid images of the training subjects (grouped by folder in the CLI)."""
+    subjects = histogram_subjects()
+    return {
+        "masks": [f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz" for s in subjects],
+        "images": [path for s in subjects for path in histogram_images(s.subject).values()],
     }
 
 
@@ -150,17 +182,17 @@ def qc_center_inputs(wildcards):
 
 def convert_source(wildcards):
     """The DICOM folder a convert job reads: the series folder, or the subject's folder for `auto`."""
-    return sheets.series_folder(SUBJECTS[wildcards.subject], wildcards.sequence)
+    return sheets.series_folder(ALL_SUBJECTS[wildcards.subject], wildcards.sequence)
 
 
 def convert_series(wildcards):
-    return SUBJECTS[wildcards.subject].series[wildcards.sequence]
+    return ALL_SUBJECTS[wildcards.subject].series[wildcards.sequence]
 
 
 def convert_dicom_dir(wildcards):
-    return SUBJECTS[wildcards.subject].dicom_dir
+    return ALL_SUBJECTS[wildcards.subject].dicom_dir
 
 
 def center_patterns(wildcards):
     """The series-description patterns of the subject's center, as JSON for the command line."""
-    return json.dumps(sheets.series_patterns(config, SUBJECTS[wildcards.subject].center), sort_keys=True)
+    return json.dumps(sheets.series_patterns(config, ALL_SUBJECTS[wildcards.subject].center), sort_keys=True)

@@ -12,6 +12,7 @@ rule harmonise:
     params:
         reference_sequence=reference_sequence,
         sequences=harmonise_sequences,
+        scales=harmonise_flags,
         options=json.dumps(config["harmonise"]),
     threads: config["threads"]["harmonise"]
     resources:
@@ -23,8 +24,29 @@ rule harmonise:
         "thrombus harmonise --center {wildcards.center} --subject {wildcards.subject}"
         " --reference {input.reference:q} --reference-sequence {params.reference_sequence}"
         " --brain-mask {input.brain_mask:q} --sequences {params.sequences} --images {input.images:q}"
-        " --records {input.records:q} --options {params.options:q} --out-stack {output.stack:q}"
+        " --records {input.records:q} --options {params.options:q} {params.scales} --out-stack {output.stack:q}"
         " --out-json {output.summary:q} --out-png {output.png:q} --record {log.record:q} 2> {log.console:q}"
+
+
+rule learn_histograms:
+    """Standard histogram scale per channel from the training centers (harmonise.method: histogram)."""
+    input:
+        unpack(learn_histograms_inputs),
+    output:
+        "results/harmonise/histogram_scales.json",
+    log:
+        "logs/learn_histograms.log",
+    params:
+        options=json.dumps(config["harmonise"]),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "thrombus learn-histograms --masks {input.masks:q} --images {input.images:q}"
+        " --options {params.options:q} --out {output:q} 2> {log:q}"
 
 
 rule qc_center:
