@@ -51,3 +51,27 @@ def test_histogram_mode_needs_a_learned_scale(head: tuple[np.ndarray, np.ndarray
     data, mask = head
     with pytest.raises(ValueError, match="no learned histogram scale for channel dwi"):
         build_stack({"dwi": data}, mask, {"dwi": ["dwi"]}, NormaliseOptions(method="histogram"), {})
+
+
+def test_a_failed_registration_becomes_a_missing_channel(head: tuple[np.ndarray, np.ndarray], tmp_path) -> None:
+    """A sequence whose registration QC says unusable is zero-filled and listed, never stacked misaligned."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from thrombus.preprocess.harmonise import harmonise_subject
+
+    data, mask = head
+    for name, array in {"swi": data, "flair": data * 3, "mask": mask.astype(np.uint8)}.items():
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    (tmp_path / "flair.json").write_text(json.dumps({"qc": {"usable": False, "flags": ["mutual information decreased"]}}))
+    summary = harmonise_subject(
+        tmp_path / "swi.nii.gz", "swi", {"flair": tmp_path / "flair.nii.gz"}, {"flair": tmp_path / "flair.json"},
+        tmp_path / "mask.nii.gz", {"susceptibility": ["swi"], "flair": ["flair"]}, NormaliseOptions(),
+        tmp_path / "stack.nii.gz", tmp_path / "stack.json", "S1", "C1",
+    )
+    assert summary["availability"] == [1, 0]
+    assert summary["excluded"] == {"flair": "mutual information decreased"}
+    stack = np.asarray(nib.load(Path(tmp_path / "stack.nii.gz")).dataobj)
+    assert not stack[..., 1].any() and stack[..., 0].any()
