@@ -112,3 +112,24 @@ def test_field_of_view_outside_the_reference_is_refused(tmp_path: Path) -> None:
         register_file(tmp_path / "ref.nii.gz", tmp_path / "far.nii.gz", tmp_path / "o.nii.gz", tmp_path / "o.mat",
                       RegistrationOptions(), "S1", "C1", "dwi")
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "o.mat").exists()
+
+
+def test_adc_inherits_a_failed_dwi_registration(tmp_path: Path) -> None:
+    """ADC moves with the DWI transform; when QC failed the DWI registration, the ADC is unusable too."""
+    import json
+
+    rng = np.random.default_rng(2)
+    volume = np.zeros((24, 24, 16), dtype=np.float32)
+    volume[6:18, 6:18, 4:12] = 1.0 + rng.random((12, 12, 8))
+    for name in ("ref", "adc"):
+        nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / f"{name}.nii.gz")
+    from thrombus.preprocess.register import import_ants
+
+    ants = import_ants(1)
+    ants.write_transform(ants.create_ants_transform(dimension=3), str(tmp_path / "dwi.mat"))
+    (tmp_path / "dwi.json").write_text(json.dumps({"qc": {"usable": False, "flags": ["mutual information decreased"]}}))
+    record = register_file(tmp_path / "ref.nii.gz", tmp_path / "adc.nii.gz", tmp_path / "o.nii.gz", tmp_path / "o.mat",
+                           RegistrationOptions(), "S1", "C1", "adc", reuse_transform=tmp_path / "dwi.mat",
+                           reuse_record=tmp_path / "dwi.json")
+    assert record["qc"]["usable"] is False
+    assert record["qc"]["flags"] == ["reused transform: mutual information decreased"]

@@ -81,11 +81,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from thrombus.preprocess.register import RegistrationError, register_file, same_grid
 
     reuse = args.partner_transform if args.partner_image and same_grid(args.moving, args.partner_image) else None
+    reuse_record = args.partner_record if reuse else None
     try:
         record = register_file(
             args.reference, args.moving, args.out_image, args.out_transform, _registration_options(args),
             args.subject, args.center, args.sequence, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-            reuse_transform=reuse, record_path=args.record,
+            reuse_transform=reuse, record_path=args.record, reuse_record=reuse_record,
         )
     except (RegistrationError, *_user_errors()) as err:
         _write_failure(args.record, "register", args.subject, args.center, err)
@@ -216,6 +217,7 @@ def _add_preprocess_parsers(commands: argparse._SubParsersAction) -> None:
     reg.add_argument("--moving-mask", default=None, help="brain mask on the moving grid")
     reg.add_argument("--partner-image", default=None, help="an image of the same acquisition (DWI for ADC)")
     reg.add_argument("--partner-transform", default=None, help="its transform, reused when the grids are identical")
+    reg.add_argument("--partner-record", default=None, help="its register record, whose QC verdict a reuse inherits")
     reg.add_argument("--out-image", required=True)
     reg.add_argument("--out-transform", required=True)
     reg.add_argument("--options", default="{}", help="JSON of the config's register section")

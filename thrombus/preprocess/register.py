@@ -46,6 +46,11 @@ class RegistrationOptions:
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     sampling_rate: float = 0.25
     histogram_bins: int = 32
+    #: Retried when the first attempt looks failed: no coarse level, which thick-slice EPI (30 slices
+    #: of 5 mm) sometimes cannot cross without the optimiser running off by centimetres.
+    fallback_iterations: tuple[int, ...] = (500, 100)
+    fallback_shrink_factors: tuple[int, ...] = (2, 1)
+    fallback_smoothing_sigmas: tuple[float, ...] = (1.0, 0.0)
     #: Rotations (degrees) and translations (mm) beyond these are flagged in QC: heads move less in one session.
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
@@ -80,6 +85,7 @@ class Registration:
     rotation_deg: float
     translation_mm: float
     matrix: list[list[float]]
+    attempts: int = 1
 
 
 def _mutual_information(ants: ModuleType, fixed: Any, moving_on_fixed: Any, mask: Any | None) -> float:
@@ -136,21 +142,41 @@ def register(
         )
     before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
     mi_before = _mutual_information(ants, fixed, before, reference_mask)
+    schedules = [
+        (options.iterations, options.shrink_factors, options.smoothing_sigmas),
+        (options.fallback_iterations, options.fallback_shrink_factors, options.fallback_smoothing_sigmas),
+    ]
+    best: Registration | None = None
     with tempfile.TemporaryDirectory(prefix="thrombus-ants-") as work:
-        result = ants.registration(
-            fixed=fixed, moving=moving, type_of_transform=options.transform, initial_transform="Identity",
-            mask=fixed_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
-            aff_random_sampling_rate=options.sampling_rate, aff_iterations=options.iterations,
-            aff_shrink_factors=options.shrink_factors, aff_smoothing_sigmas=options.smoothing_sigmas,
-            outprefix=str(Path(work) / "reg_"), verbose=False,
-        )
+        for attempt, (iterations, shrink, smoothing) in enumerate(schedules):
+            result = ants.registration(
+                fixed=fixed, moving=moving, type_of_transform=options.transform, initial_transform="Identity",
+                mask=fixed_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
+                aff_random_sampling_rate=options.sampling_rate, aff_iterations=iterations,
+                aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing,
+                outprefix=str(Path(work) / f"attempt{attempt}_"), verbose=False,
+            )
+            transform = Path(result["fwdtransforms"][0])
+            angle, shift, matrix = _motion(ants, transform)
+            mi_after = _mutual_information(ants, fixed, result["warpedmovout"], reference_mask)
+            candidate = Registration(transform, result["warpedmovout"], mi_before, mi_after, angle, shift, matrix, attempt + 1)
+            if best is None or candidate.mi_after > best.mi_after:
+                best = candidate
+            if not _looks_failed(best, options):
+                break
         if transform_out is None:
             transform_out = Path(tempfile.mkdtemp(prefix="thrombus-tx-")) / "forward.mat"
-        kept = save_transform(Path(result["fwdtransforms"][0]), transform_out)
-    warped = result["warpedmovout"]
-    mi_after = _mutual_information(ants, fixed, warped, reference_mask)
-    angle, shift, matrix = _motion(ants, kept)
-    return Registration(kept, warped, mi_before, mi_after, angle, shift, matrix)
+        best.transform = save_transform(best.transform, transform_out)
+    return best
+
+
+def _looks_failed(result: Registration, options: RegistrationOptions) -> bool:
+    """Worth another attempt: MI no better than before, or a motion no head makes within one session."""
+    return (
+        result.mi_after <= result.mi_before
+        or result.rotation_deg > options.max_rotation_deg
+        or result.translation_mm > options.max_translation_mm
+    )
 
 
 def apply(ants: ModuleType, fixed: Any, moving: Any, transform: PathLike, label: bool = False) -> Any:
@@ -190,6 +216,7 @@ def qc_values(result: Registration, options: RegistrationOptions) -> dict[str, A
         "rotation_deg": round(result.rotation_deg, 3),
         "translation_mm": round(result.translation_mm, 3),
         "matrix": result.matrix,
+        "attempts": result.attempts,
         "flags": flags,
         "options": asdict(options),
     }
@@ -219,15 +246,17 @@ def register_file(
     moving_mask: PathLike | None = None,
     reuse_transform: PathLike | None = None,
     record_path: PathLike | None = None,
+    reuse_record: PathLike | None = None,
 ) -> dict[str, Any]:
     """The `register` step for one sequence: transform, image on the reference grid, step record.
 
     `reuse_transform` applies another sequence's transform instead of estimating one: the ADC map is
-    computed from the DWI acquisition, so it must move exactly as the DWI did. A registration that
+    computed from the DWI acquisition, so it must move exactly as the DWI did, and it inherits the
+    verdict of that registration (`reuse_record`): a failed DWI registration fails the ADC too. A registration that
     QC flags as failed is kept but marked unusable, and harmonisation then treats the sequence as
     missing rather than feeding a misaligned image to the model.
     """
-    from thrombus.io import sha256_file
+    from thrombus.io import read_json, sha256_file
     from thrombus.provenance import StepRecord, package_versions
 
     what = f"center {center}, subject {subject}, {sequence}"
@@ -241,7 +270,9 @@ def register_file(
     if reuse_transform is not None:
         save_transform(Path(reuse_transform), out_transform)
         warped = apply(ants, fixed, image, out_transform)
-        record.qc = {"reused_transform": str(reuse_transform), "flags": [], "usable": True}
+        partner = read_json(reuse_record).get("qc", {}) if reuse_record else {}
+        inherited = [f"reused transform: {flag}" for flag in partner.get("flags", [])]
+        record.qc = {"reused_transform": str(reuse_transform), "flags": inherited, "usable": partner.get("usable", True)}
     else:
         masks = {
             "fixed_mask": ants.image_read(str(fixed_mask)) if fixed_mask else None,

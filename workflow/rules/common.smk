@@ -83,6 +83,7 @@ def register_inputs(wildcards):
     if seq == "adc" and "dwi" in registered_sequences(s.subject):
         inputs["partner_image"] = f"{base}/dwi.nii.gz"
         inputs["partner_transform"] = f"results/register/{s.center}/{s.subject}/dwi.mat"
+        inputs["partner_record"] = f"results/register/{s.center}/{s.subject}/dwi.json"
     return inputs
 
 
@@ -96,7 +97,8 @@ def register_flags(wildcards, input):
     return optional_flags(
         input,
         [("fixed-mask", "fixed_mask"), ("moving-mask", "moving_mask"),
-         ("partner-image", "partner_image"), ("partner-transform", "partner_transform")],
+         ("partner-image", "partner_image"), ("partner-transform", "partner_transform"),
+         ("partner-record", "partner_record")],
     )
 
 
