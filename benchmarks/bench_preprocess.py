@@ -59,6 +59,8 @@ def preprocess_subject(subject: str, images: dict[str, Path], reference: str, ma
                                                                      "--image", str(images[mask_sequence]), "--out-mask", str(work / "native.nii.gz")])]
     others = [s for s in images if s != reference]
     order = sorted(others, key=lambda s: s != mask_sequence)  # the mask sequence first: the others need its mask
+    if mask_sequence == reference:
+        timings.append(_brainmask(subject, ident, work, images[reference], None))
     for sequence in order:
         masks = (["--moving-mask", str(work / "native.nii.gz")] if sequence == mask_sequence
                  else ["--fixed-mask", str(work / "brain_mask.nii.gz")])
@@ -66,10 +68,8 @@ def preprocess_subject(subject: str, images: dict[str, Path], reference: str, ma
             "register", *ident, "--sequence", sequence, "--reference", str(images[reference]), "--moving", str(images[sequence]),
             *masks, "--out-image", str(work / f"{sequence}.nii.gz"), "--out-transform", str(work / f"{sequence}.mat"),
             "--record", str(work / f"{sequence}.json"), "--seed", "7"]))
-        if sequence == mask_sequence or (sequence == order[0] and mask_sequence == reference):
-            timings.append(_brainmask(subject, ident, work, images[reference], sequence if sequence == mask_sequence else None))
-    if not others:
-        timings.append(_brainmask(subject, ident, work, images[reference], None))
+        if sequence == mask_sequence:
+            timings.append(_brainmask(subject, ident, work, images[reference], sequence))
     timings.append(run_step(subject, "harmonise", [
         "harmonise", *ident, "--reference", str(images[reference]), "--reference-sequence", reference,
         "--brain-mask", str(work / "brain_mask.nii.gz"), "--sequences", *others,
