@@ -1,0 +1,284 @@
+"""Training: split files, the slab loader, resuming, model cards and checkpoints, and a loss that falls.
+
+Everything runs on small synthetic stacks written here with nibabel (a few seconds), laid out as the
+workflow leaves them: results/harmonise/<center>/<subject>/stack.nii.gz + stack.json, masks and a sheet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from thrombus.model import ModelConfig
+from thrombus.nifti import VolumeError
+from thrombus.samples import read_sheet, subjects
+from thrombus.training.card import CheckpointError, load_checkpoint, make_card
+from thrombus.training.cli import add_train_parser
+from thrombus.training.data import AugmentOptions, SlabDataset, SlabOptions, case_sources, load_cases
+from thrombus.training.splits import (
+    Labelled,
+    SplitOptions,
+    SplitsError,
+    ensure_splits,
+    labelled_subjects,
+    make_splits,
+)
+from thrombus.training.trainer import TrainOptions, TrainRun, train
+
+CHANNELS = ("susceptibility", "dwi", "adc", "flair")
+SHAPE = (40, 44, 12)
+HARMONISE = {"channels": {name: [name] for name in CHANNELS}, "method": "zscore", "low_percentile": 0.5, "high_percentile": 99.5}
+#: A network small enough for CPU steps of a few milliseconds, with every part of UpAttLLSTM.
+TINY_MODEL = ModelConfig(base_width=4, depth=2, max_width=16, stem_width=4, fusion_key_width=4, norm_groups=2)
+
+
+def write_subject(root: Path, center: str, subject: str, positive: bool, flair: bool, rng: np.random.Generator) -> Path:
+    """A harmonised-looking stack (z-scored noise in an ellipsoid brain) and its thrombus mask.
+
+    The thrombus is a dark 4 x 4 x 3 box on the susceptibility channel with a bright DWI / dark ADC
+    region beside it, so a network can learn it within a few dozen steps.
+    """
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+    brain = (grid**2).sum(axis=0) < 0.8
+    stack = rng.normal(0.0, 0.3, (*SHAPE, len(CHANNELS))).astype(np.float32) * brain[..., None]
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    if positive:
+        x, y, z = rng.integers(14, 24), rng.integers(14, 26), rng.integers(4, 7)
+        mask[x : x + 4, y : y + 4, z : z + 3] = 1
+        stack[x : x + 4, y : y + 4, z : z + 3, 0] = -3.0
+        stack[x + 4 : x + 10, y : y + 6, z : z + 3, 1] = 2.5
+        stack[x + 4 : x + 10, y : y + 6, z : z + 3, 2] = -2.5
+    if not flair:
+        stack[..., 3] = 0.0
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    folder = root / "results" / "harmonise" / center / subject
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(stack, affine), folder / "stack.nii.gz")
+    (folder / "stack.json").write_text(json.dumps({"channels": list(CHANNELS), "availability": [1, 1, 1, int(flair)]}))
+    mask_path = root / "truth" / center / subject / "thrombus.nii.gz"
+    mask_path.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(mask, affine), mask_path)
+    return mask_path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 centers x 4 subjects (3 with a thrombus); center B has no FLAIR. Returns the working directory."""
+    root = tmp_path_factory.mktemp("training_cohort")
+    rng = np.random.default_rng(7)
+    rows = ["subject\tcenter\tdicom_dir\tswi\tdwi\tadc\tflair\tthrombus\tthrombus_mask"]
+    for center in "ABC":
+        for index in range(4):
+            subject, positive = f"{center}{index:03d}", index != 3
+            mask = write_subject(root, center, subject, positive, flair=center != "B", rng=rng)
+            rows.append(f"{subject}\t{center}\tdicom/{subject}\tauto\tauto\tauto\t{'' if center == 'B' else 'auto'}\t{int(positive)}\t{mask}")
+    (root / "samples.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def sheet_subjects(root: Path) -> list[Any]:
+    return subjects(read_sheet(root / "samples.tsv"), {})
+
+
+def labelled_cohort(per_center: int = 12) -> list[Labelled]:
+    """A demo-like subject list: three centers, a quarter without thrombus."""
+    return [Labelled(f"{c}{i:03d}", c, i % 4 != 0) for c in "ABC" for i in range(per_center)]
+
+
+# --- splits -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", ["monocentric", "loco"])
+def test_splits_are_deterministic_and_partition_the_subjects(experiment: str) -> None:
+    subjects_ = labelled_cohort()
+    first = make_splits(subjects_, experiment, seed=3, options=SplitOptions())
+    assert first == make_splits(subjects_, experiment, seed=3, options=SplitOptions())
+    assert first["folds"] != make_splits(subjects_, experiment, seed=4, options=SplitOptions())["folds"]
+    for fold in first["folds"]:
+        parts = [set(fold[part]) for part in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert all(parts), fold
+        assert any(int(s[1:]) % 4 != 0 for s in fold["val"]), "a thrombus-positive case validates"
+
+
+def test_monocentric_folds_stay_inside_their_center() -> None:
+    folds = make_splits(labelled_cohort(), "monocentric", seed=1, options=SplitOptions())["folds"]
+    assert [fold["test_centers"] for fold in folds] == [["A"], ["B"], ["C"]]
+    for fold in folds:
+        center = fold["test_centers"][0]
+        members = fold["train"] + fold["val"] + fold["test"]
+        assert sorted(members) == [f"{center}{i:03d}" for i in range(12)]
+        assert (len(fold["train"]), len(fold["val"]), len(fold["test"])) == (8, 2, 2)
+
+
+def test_loco_holds_out_exactly_one_center_per_fold() -> None:
+    subjects_ = labelled_cohort()
+    folds = make_splits(subjects_, "loco", seed=1, options=SplitOptions())["folds"]
+    assert len(folds) == 3
+    for fold in folds:
+        held_out = fold["test_centers"][0]
+        assert {s[0] for s in fold["test"]} == {held_out} and len(fold["test"]) == 12
+        assert held_out not in {s[0] for s in fold["train"] + fold["val"]}
+        assert {s[0] for s in fold["val"]} == {c for c in "ABC" if c != held_out}, "validation drawn from both training centers"
+
+
+def test_split_file_is_reused_and_refused_when_subjects_change(tmp_path: Path) -> None:
+    path = tmp_path / "splits" / "loco.json"
+    subjects_ = labelled_cohort(4)
+    written = ensure_splits(path, subjects_, "loco", 1, SplitOptions())
+    text = path.read_text()
+    assert ensure_splits(path, subjects_, "loco", 99, SplitOptions()) == written, "an existing file is kept, whatever the seed"
+    assert path.read_text() == text
+    changed = subjects_[:-1] + [Labelled("D000", "D", True)]
+    with pytest.raises(SplitsError, match=r"another subject list.*new subjects D000.*C003.*delete the file"):
+        ensure_splits(path, changed, "loco", 1, SplitOptions())
+    relabelled = subjects_[:-1] + [Labelled(subjects_[-1].subject, "C", not subjects_[-1].positive)]
+    with pytest.raises(SplitsError, match=subjects_[-1].subject):
+        ensure_splits(path, relabelled, "loco", 1, SplitOptions())
+
+
+# --- loader -------------------------------------------------------------------------------------------
+
+
+def test_loader_gives_slabs_labels_and_availability(cohort: Path) -> None:
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    dataset = SlabDataset(cases, SlabOptions(slab_depth=3, patch_size=(32, 36)), AugmentOptions(), seed=5)
+    for index in range(20):
+        item = dataset[index]
+        assert item["image"].shape == (4, 3, 32, 36) and item["image"].dtype == torch.float32
+        assert item["label"].shape == (1, 3, 32, 36)
+        assert set(item["label"].unique().tolist()) <= {0.0, 1.0}
+        case = next(c for c in cases if c.subject == item["subject"])
+        assert torch.equal(item["availability"], case.availability)
+        if item["subject"].startswith("B"):
+            assert item["availability"].tolist() == [1, 1, 1, 0] and not item["image"][3].any(), "a missing FLAIR stays zero"
+    assert torch.equal(dataset[7]["image"], SlabDataset(cases, dataset.options, AugmentOptions(), seed=5)[7]["image"])
+
+
+def test_foreground_oversampling_rate(cohort: Path) -> None:
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    dataset = SlabDataset(cases, SlabOptions(slab_depth=3, patch_size=(24, 24), foreground_probability=0.33),
+                          AugmentOptions(enabled=False), seed=11)
+    items = [dataset[index] for index in range(600)]
+    foreground = [item for item in items if item["foreground"]]
+    assert abs(len(foreground) / len(items) - 0.33) < 0.06
+    assert all(item["label"].sum() > 0 for item in foreground), "a foreground slab shows the thrombus"
+    assert all(not item["subject"].endswith("003") for item in foreground), "foreground slabs come from positive cases"
+
+
+def test_positive_subject_without_mask_is_refused(cohort: Path, tmp_path: Path) -> None:
+    sheet = read_sheet(cohort / "samples.tsv")
+    sheet.loc[0, "thrombus_mask"] = str(tmp_path / "nowhere.nii.gz")
+    with pytest.raises(VolumeError, match=r"A000.*nowhere\.nii\.gz"):
+        case_sources(subjects(sheet, {}), cohort)
+
+
+# --- training, resuming, checkpoints ------------------------------------------------------------------
+
+
+def quick_options(**changes: Any) -> TrainOptions:
+    values = {"iterations": 4, "batch_size": 2, "val_every": 2, "slab_depth": 3, "patch_size": (32, 32), "learning_rate": 3e-3}
+    return TrainOptions(**{**values, **changes})
+
+
+def make_run(cohort: Path, out_dir: Path, options: TrainOptions, **changes: Any) -> TrainRun:
+    """A run on centers A and B with C000 validating: the card is built as `thrombus train` builds it."""
+    all_cases = {c.subject: c for c in load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)}
+    train_cases = [case for name, case in all_cases.items() if name[0] in "AB"]
+    card = make_card(TINY_MODEL, HARMONISE, {"slab_depth": options.slab_depth, "patch_size": list(options.patch_size)},
+                     {**options.card_dict(), "seed": 1, "split": {"name": "test"}})
+    values = {"train_cases": train_cases, "val_cases": [all_cases["C000"]], "model": TINY_MODEL, "options": options,
+              "card": card, "out_dir": out_dir, "seed": 1, "threads": 1, "device": "cpu", "progress": False}
+    return TrainRun(**{**values, **changes})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) -> None:
+    options = quick_options()
+    train(make_run(cohort, tmp_path / "straight", options))
+    stopped = train(make_run(cohort, tmp_path / "resumed", options, stop_after=2))
+    assert stopped.iterations_done == 2 and not (tmp_path / "resumed" / "model_card.json").exists()
+    train(make_run(cohort, tmp_path / "resumed", options, resume=True))
+    straight, resumed = weights(tmp_path / "straight" / "latest.pt"), weights(tmp_path / "resumed" / "latest.pt")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    log_straight = (tmp_path / "straight" / "training_log.csv").read_text().splitlines()
+    log_resumed = (tmp_path / "resumed" / "training_log.csv").read_text().splitlines()
+    assert [line.rsplit(",", 1)[0] for line in log_straight] == [line.rsplit(",", 1)[0] for line in log_resumed]
+    for name in ("best.pt", "latest.pt", "model_card.json", "training_log.csv", "learning_curves.png"):
+        assert (tmp_path / "resumed" / name).exists(), name
+
+
+def test_checkpoint_of_another_configuration_is_refused(cohort: Path, tmp_path: Path) -> None:
+    run = make_run(cohort, tmp_path, quick_options(iterations=2, val_every=2))
+    train(run)
+    expected = {**run.card, "model": {**run.card["model"], "base_width": 8},
+                "harmonise": {**run.card["harmonise"], "method": "histogram"}}
+    expected.pop("code")
+    with pytest.raises(CheckpointError, match=r"best\.pt.*model\.base_width.*harmonise\.method"):
+        load_checkpoint(tmp_path / "best.pt", expected)
+    assert load_checkpoint(tmp_path / "best.pt", {"channels": list(CHANNELS)})["card"]["data"] == {"slab_depth": 3, "patch_size": [32, 32]}
+    with pytest.raises(CheckpointError, match=r"training\.iterations"):
+        train(make_run(cohort, tmp_path, quick_options(iterations=3, val_every=2), resume=True))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupted_checkpoint_is_refused(cohort: Path, tmp_path_factory: pytest.TempPathFactory, damage: str) -> None:
+    out = tmp_path_factory.mktemp(f"damaged_{damage}")
+    train(make_run(cohort, out, quick_options(iterations=1, val_every=1)))
+    path = out / "best.pt"
+    data = bytearray(path.read_bytes())
+    damages: dict[str, Callable[[bytearray], bytes]] = {
+        "truncate": lambda b: bytes(b[: len(b) // 2]),
+        "flip": lambda b: bytes(b[: len(b) // 10]) + bytes(x ^ 0xFF for x in b[len(b) // 10 : len(b) // 10 + 64]) + bytes(b[len(b) // 10 + 64 :]),
+        "garbage": lambda b: b"not a checkpoint at all\n" * 10,
+    }
+    path.write_bytes(damages[damage](data))
+    with pytest.raises(CheckpointError, match=r"best\.pt.*(cannot be read|damaged)"):
+        load_checkpoint(path, {})
+
+
+def test_short_training_decreases_the_loss(cohort: Path, tmp_path: Path) -> None:
+    options = quick_options(iterations=40, val_every=40, batch_size=4, learning_rate=2e-2, foreground_probability=0.6)
+    train(make_run(cohort, tmp_path, options))
+    rows = (tmp_path / "training_log.csv").read_text().splitlines()[1:]
+    losses = [float(row.split(",")[1]) for row in rows]
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["channels"] == list(CHANNELS) and card["harmonise"]["method"] == "zscore"
+    assert card["code"]["thrombus"] and card["result"]["iterations"] == 40
+    assert np.isfinite(card["result"]["best"]["val_dice"])
+
+
+def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    splits = tmp_path / "splits" / "loco.json"
+    args = parser.parse_args(["splits", "--sheet", str(cohort / "samples.tsv"), "--experiment", "loco", "--seed", "1", "--out", str(splits)])
+    assert args.func(args) == 0
+    ensure_splits(splits, labelled_subjects(sheet_subjects(cohort)), "loco", 1, SplitOptions())
+    options = {"train": {"iterations": 2, "val_every": 1, "batch_size": 2, "slab_depth": 3, "patch_size": [32, 32],
+                         "val_fraction": 0.2, "resume": False},
+               "model": {key: value for key, value in TINY_MODEL.to_dict().items() if key != "channels"}}
+    out = tmp_path / "model"
+    args = parser.parse_args([
+        "train", "--sheet", str(cohort / "samples.tsv"), "--stacks-root", str(cohort), "--splits", str(splits), "--fold", "1",
+        "--options", json.dumps(options), "--harmonise", json.dumps(HARMONISE), "--out-dir", str(out), "--threads", "1",
+        "--seed", "1", "--device", "cpu", "--quiet",
+    ])
+    assert args.func(args) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training"]["split"]["name"] == "test_center_B" and card["model"]["base_width"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "learning_curves.png", "model_card.json", "training_log.csv"]
