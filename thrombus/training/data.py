@@ -54,7 +54,7 @@ class SlabOptions:
     """
 
     slab_depth: int = 5
-    patch_size: tuple[int, int] = (96, 96)
+    patch_size: tuple[int, int] = (64, 64)
     foreground_probability: float = 0.33
 
     def __post_init__(self) -> None:
@@ -279,23 +279,27 @@ def one_thread() -> Iterator[None]:
 
 
 def _build_spatial(options: AugmentOptions, patch: tuple[int, int]) -> Any:
-    """MONAI flips along both in-plane axes and a small in-plane affine that crops to the patch."""
-    from monai.transforms import Compose, RandAffined, RandFlipd
+    """MONAI's small in-plane affine on the enlarged crop, a centre crop to the patch, then flips.
+
+    The affine keeps the enlarged size, so when it is not drawn (most samples) nothing is resampled
+    and the crop is a plain slice; asking it for the patch size instead would resample every sample.
+    """
+    from monai.transforms import CenterSpatialCropd, Compose, RandAffined, RandFlipd
 
     keys = ["image", "label"]
     return Compose(
         [
-            RandFlipd(keys, prob=options.flip_probability, spatial_axis=0),
-            RandFlipd(keys, prob=options.flip_probability, spatial_axis=1),
             RandAffined(
                 keys,
-                spatial_size=patch,
                 prob=options.affine_probability,
                 rotate_range=(math.radians(options.rotate_deg),),
                 scale_range=(options.scale, options.scale),
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
+            CenterSpatialCropd(keys, roi_size=patch),
+            RandFlipd(keys, prob=options.flip_probability, spatial_axis=0),
+            RandFlipd(keys, prob=options.flip_probability, spatial_axis=1),
         ]
     )
 
