@@ -7,6 +7,7 @@ workflow leaves them: results/harmonise/<center>/<subject>/stack.nii.gz + stack.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from thrombus.training.splits import (
     labelled_subjects,
     make_splits,
 )
-from thrombus.training.trainer import TrainOptions, TrainRun, train
+from thrombus.training.trainer import TrainOptions, TrainRun, batches, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (40, 44, 12)
@@ -198,6 +199,16 @@ def make_run(cohort: Path, out_dir: Path, options: TrainOptions, **changes: Any)
     values = {"train_cases": train_cases, "val_cases": [all_cases["C000"]], "model": TINY_MODEL, "options": options,
               "card": card, "out_dir": out_dir, "seed": 1, "threads": 1, "device": "cpu", "progress": False}
     return TrainRun(**{**values, **changes})
+
+
+def test_batches_depend_only_on_seed_and_iteration(cohort: Path, tmp_path: Path) -> None:
+    run = make_run(cohort, tmp_path, quick_options())
+    from_start = [batch["image"] for batch in batches(run, 0, 5, torch.device("cpu"))]
+    resumed = [batch["image"] for batch in batches(run, 3, 5, torch.device("cpu"))]
+    workers = make_run(cohort, tmp_path, dataclasses.replace(run.options, num_workers=2))
+    with_workers = [batch["image"] for batch in batches(workers, 3, 5, torch.device("cpu"))]
+    assert len(resumed) == len(with_workers) == 2
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(from_start[3:], resumed, with_workers))
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

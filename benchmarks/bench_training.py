@@ -1,0 +1,212 @@
+"""Benchmark: does the slab loader keep up with training, and what do UpAttLLSTM and MONAI's AttentionUnet cost?
+
+1. Loader against training step, in slabs per second: the loader alone (`SlabDataset` with MONAI
+   augmentation, batched by the DataLoader as in training, in the main process) against the training
+   step alone (`Trainer.step`: GMD, forward, Dice + BCE, backward, optimiser) on the same settings. The
+   loader must deliver at least 3x what the step consumes.
+2. UpAttLLSTM against MONAI's AttentionUnet (same widths and depth) on the same input: training-step
+   throughput and peak memory. On CPU each model runs in its own child process and the peak is that
+   child's high-water RSS minus its RSS before the model was built; on CUDA (bf16 autocast) the peak is
+   torch's maximum allocated memory, and the batch is the largest power of two under 8 GB.
+
+Data are demo-sized synthetic cases built in memory (the loader's speed does not depend on where the
+stacks came from). Results go to stdout and, with --out, to a JSON file.
+
+    .venv/bin/python benchmarks/bench_training.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thrombus.model import ModelConfig, build_model, count_parameters
+from thrombus.training.data import AugmentOptions, Case
+from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, autocast, batches, make_loss
+
+GIB = 1024**3
+
+
+def synthetic_cases(count: int, shape: tuple[int, int, int], seed: int = 0) -> list[Case]:
+    """Demo-sized cases in memory: noise in an ellipsoid brain, a small thrombus in every other case."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij"))
+    brain = (grid**2).sum(axis=0) < 1.0
+    cases = []
+    for index in range(count):
+        image = rng.normal(size=(4, *shape)).astype(np.float32) * brain
+        label = np.zeros(shape, dtype=np.uint8)
+        if index % 2 == 0:
+            z, x, y = shape[0] // 2, shape[1] // 2 + 10, shape[2] // 2 - 20
+            label[z - 3 : z + 3, x : x + 3, y : y + 4] = 1
+        cases.append(Case(
+            subject=f"S{index:03d}", center="X", image=torch.from_numpy(image), label=torch.from_numpy(label),
+            brain=torch.from_numpy(brain), availability=torch.ones(4), foreground=np.argwhere(label > 0), label_outside=0,
+        ))
+    return cases
+
+
+def make_run(cases: list[Case], model: ModelConfig, options: TrainOptions, threads: int, device: str, out: Path) -> TrainRun:
+    return TrainRun(train_cases=cases, val_cases=[], model=model, options=options, card={}, out_dir=out,
+                    seed=1, threads=threads, device=device, progress=False)
+
+
+def loader_rate(cases: list[Case], options: TrainOptions, batches_to_time: int) -> float:
+    """Slabs per second of the training loader alone (augmented, collated, in the main process)."""
+    run = make_run(cases, ModelConfig(), options, 1, "cpu", Path("."))
+    list(batches(run, 0, 2, torch.device("cpu")))  # warm-up: MONAI's imports and first calls
+    started = time.perf_counter()
+    count = sum(batch["image"].shape[0] for batch in batches(run, 0, batches_to_time, torch.device("cpu")))
+    return count / (time.perf_counter() - started)
+
+
+def step_rate(cases: list[Case], model: ModelConfig, options: TrainOptions, threads: int, device: str, steps: int) -> dict[str, float]:
+    """Slabs per second and seconds per iteration of `Trainer.step`, batches prepared beforehand."""
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(make_run(cases, model, options, threads, device, Path(out)))
+        prepared = list(batches(trainer.run, 0, steps + 2, trainer.device))
+        trainer.step(prepared[0])
+        trainer.step(prepared[1])
+        _synchronise(trainer.device)
+        started = time.perf_counter()
+        for batch in prepared[2:]:
+            trainer.step(batch)
+        _synchronise(trainer.device)
+        seconds = (time.perf_counter() - started) / steps
+    return {"seconds_per_iteration": seconds, "slabs_per_second": options.batch_size / seconds}
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _memory_gib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status: VmRSS (now) or VmHWM (peak).
+
+    Not getrusage's ru_maxrss: that peak survives exec, so a child would inherit its parent's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError(f"/proc/self/status has no {field} (the CPU memory figures need Linux)")
+
+
+def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, device_name: str, steps: int) -> dict[str, Any]:
+    """Training-step throughput and peak memory of one architecture on random slabs of `shape`."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    before = _memory_gib("VmRSS")
+    model = build_model(ModelConfig(architecture=architecture)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = make_loss()
+    x = torch.randn(shape, device=device)
+    availability = torch.ones(shape[0], shape[1], device=device)
+    target = (torch.rand(shape[0], 1, *shape[2:], device=device) > 0.995).float()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        with autocast(device):
+            logits = model(x, availability)
+        loss = loss_fn(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    _synchronise(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronise(device)
+    seconds = (time.perf_counter() - started) / steps
+    peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else _memory_gib("VmHWM") - before
+    return {
+        "architecture": architecture, "device": device_name, "input": list(shape), "parameters": count_parameters(model),
+        "seconds_per_step": round(seconds, 4), "slabs_per_second": round(shape[0] / seconds, 2), "peak_gib": round(peak, 3),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+    }
+
+
+def _child(queue: Any, *args: Any) -> None:
+    queue.put(model_step_cost(*args))
+
+
+def isolated_cost(*args: Any) -> dict[str, Any]:
+    """`model_step_cost` in a fresh child process, so its peak RSS is that model's alone."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, *args))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def largest_batch_under(architecture: str, slab: tuple[int, ...], budget_gib: float, steps: int) -> dict[str, Any]:
+    """On CUDA: the largest power-of-two batch whose training step stays under `budget_gib`, and its cost."""
+    best: dict[str, Any] | None = None
+    batch = 1
+    while batch <= 256:
+        try:
+            cost = model_step_cost(architecture, (batch, *slab), 1, "cuda", steps)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+        if cost["peak_gib"] > budget_gib:
+            break
+        best, batch = cost, batch * 2
+    return best or {"architecture": architecture, "error": f"batch 1 does not fit {budget_gib} GiB"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
+    parser.add_argument("--loader-batches", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    options = TrainOptions()
+    cases = synthetic_cases(6, (60, 160, 190))
+    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                               "torch": torch.__version__, "options": {"batch_size": options.batch_size,
+                               "slab_depth": options.slab_depth, "patch_size": list(options.patch_size)}}
+    loader = loader_rate(cases, options, args.loader_batches)
+    raw = loader_rate(cases, TrainOptions(augmentation=AugmentOptions(enabled=False)), args.loader_batches)
+    step = step_rate(cases, ModelConfig(), options, args.threads, "cpu", args.steps)
+    results["loader"] = {"augmented_slabs_per_second": round(loader, 1), "raw_slabs_per_second": round(raw, 1),
+                         "train_step_slabs_per_second": round(step["slabs_per_second"], 2),
+                         "seconds_per_iteration": round(step["seconds_per_iteration"], 3),
+                         "loader_over_step": round(loader / step["slabs_per_second"], 1)}
+    print(json.dumps(results["loader"], indent=2))
+    shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
+    results["models_cpu"] = [isolated_cost(arch, shape, args.threads, "cpu", args.steps) for arch in ("upattllstm", "monai_attention_unet")]
+    for row in results["models_cpu"]:
+        print(json.dumps(row))
+    if torch.cuda.is_available():
+        results["gpu"] = torch.cuda.get_device_name()
+        slab = (4, options.slab_depth, *options.patch_size)
+        results["models_cuda"] = [largest_batch_under(arch, slab, 8.0, args.steps) for arch in ("upattllstm", "monai_attention_unet")]
+        gpu_step = step_rate(cases, ModelConfig(), options, args.threads, "cuda", args.steps)
+        results["loader"]["cuda_train_step_slabs_per_second"] = round(gpu_step["slabs_per_second"], 2)
+        for row in results["models_cuda"]:
+            print(json.dumps(row))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
