@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from thrombus.options import check_known_keys
+
 #: Model variants. `upattllstm` is the method; the next three each remove one of its parts (the
 #: ablations); `monai_attention_unet` is MONAI's AttentionUnet applied per slice, a library baseline.
 ARCHITECTURES: tuple[str, ...] = ("upattllstm", "no_lstm", "no_attention", "unet2d", "monai_attention_unet")
@@ -94,10 +96,7 @@ class ModelConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ModelConfig:
         """Build from a config section (YAML or checkpoint dict); unknown keys are an error, not ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}: the known keys are {sorted(known)}")
+        check_known_keys(cls, values, "model")
         converted = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
         return cls(**converted)
 

@@ -33,7 +33,6 @@ get the site-heterogeneity perturbations of `thrombus.training.heterogeneity`, s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from thrombus.options import check_known_keys
 from thrombus.training.heterogeneity import HeterogeneityOptions, perturb_site
 
 #: `gradual`: s = 0.25, 0.5, 0.75, 1 by quarter of training; `full`: s = 1 (plain modality dropout);
@@ -82,10 +82,7 @@ class GMDOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> GMDOptions:
         """Build from a config section; unknown keys are an error, not ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown GMD config keys {unknown}: the known keys are {sorted(known)}")
+        check_known_keys(cls, values, "GMD")
         converted = dict(values)
         if converted.get("droppable") is not None:
             converted["droppable"] = tuple(converted["droppable"])

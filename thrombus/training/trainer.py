@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from thrombus.io import atomic_path, write_json, write_text
 from thrombus.model import ModelConfig, build_model, count_parameters
+from thrombus.options import check_known_keys
 from thrombus.provenance import package_versions
 from thrombus.training.card import load_checkpoint, save_checkpoint
 from thrombus.training.data import AugmentOptions, Case, IterationSampler, SlabDataset, SlabOptions, crop_padded
@@ -124,10 +125,7 @@ class TrainOptions:
     def from_mapping(cls, values: Mapping[str, Any], ignore: Sequence[str] = ()) -> TrainOptions:
         """From the config's `train` section; unknown keys are an error (a typo must not pass silently)."""
         values = {key: value for key, value in values.items() if key not in ignore}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}: the known keys are {sorted(known | set(ignore))}")
+        check_known_keys(cls, values, "train", also_known=ignore)
         converted = dict(values)
         if "patch_size" in converted:
             converted["patch_size"] = tuple(converted["patch_size"])
