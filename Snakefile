@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -17,12 +20,16 @@ wildcard_constraints:
     center="[A-Za-z0-9]+",
     subject="[A-Za-z0-9]+",
     sequence="|".join(SEQUENCES),
+    experiment=names_pattern(EXPERIMENTS),
+    table=names_pattern(config["tables"]),
 
 
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/skullstrip.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/harmonise.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/infer.smk"
 
 
 # targets and table assembly run on the submit host, not as cluster jobs
@@ -31,6 +38,9 @@ localrules:
     convert_all,
     preprocess,
     qc_center,
+    splits,
+    tables,
+    models,
 
 
 rule all:
@@ -49,3 +59,9 @@ rule preprocess:
     """Conversion, skull stripping, registration and harmonisation (one center with --config center=X)."""
     input:
         preprocess_targets(),
+
+
+rule models:
+    """Every model the tables need, trained (and calibrated on its validation subjects)."""
+    input:
+        model_targets(),

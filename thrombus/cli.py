@@ -189,7 +189,21 @@ def _parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=_cmd_convert)
 
     _add_preprocess_parsers(commands)
+    _add_stage_parsers(commands)
     return parser
+
+
+def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
+    """Subcommands that live with their stage's package (each registers its own parsers)."""
+    from thrombus.evaluation.cli import add_evaluation_parsers
+    from thrombus.inference.cli import add_predict_parser
+    from thrombus.inference.fold import add_predict_fold_parser
+    from thrombus.training.cli import add_train_parser
+
+    add_train_parser(commands)
+    add_predict_parser(commands)
+    add_predict_fold_parser(commands)
+    add_evaluation_parsers(commands)
 
 
 def _add_step_identity(parser: argparse.ArgumentParser, sequence: bool = True) -> None:

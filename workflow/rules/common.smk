@@ -4,6 +4,7 @@ import shlex
 
 from snakemake.utils import validate
 
+from thrombus import experiments as exps
 from thrombus import samples as sheets
 
 
@@ -14,6 +15,15 @@ validate(_RAW_SHEET, schema="../schemas/samples.schema.yaml")
 SHEET = sheets.check_sheet(_RAW_SHEET, config, source=config["samples"])
 SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, config)}
 ALL_SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, {**config, "center": None})}
+LABELLED = exps.labelled(ALL_SUBJECTS.values())
+exps.check_tables(config, list(config["harmonise"]["channels"]))
+# No labelled subject (new data only): nothing to train or evaluate, preprocessing still runs.
+EXPERIMENTS = exps.experiments(config, LABELLED) if LABELLED else {}
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (and nothing when there are none)."""
+    return "|".join(sorted(names)) or "(?!)"
 
 
 def converted(subject):
@@ -23,8 +33,23 @@ def converted(subject):
 
 
 def all_targets():
-    """The final targets of the workflow: for now the preprocessed stacks and QC of every center."""
-    return preprocess_targets()
+    """Preprocessed stacks and QC of every center, and the result tables.
+
+    With `--config center=X` only that center's preprocessing: models and tables need every center.
+    """
+    if config.get("center") or not EXPERIMENTS:
+        return preprocess_targets()
+    return preprocess_targets() + table_targets()
+
+
+def table_targets():
+    """The Markdown file of every table (the rule writes the CSV, LaTeX and figures beside it)."""
+    return [f"results/tables/{table}.md" for table in sorted(config["tables"])]
+
+
+def model_targets():
+    """best.pt of every experiment and fold the tables need."""
+    return sorted({f"results/models/{e}/fold{f}/best.pt" for e, f in exps.table_folds(config, EXPERIMENTS)})
 
 
 def preprocess_targets():
@@ -198,3 +223,114 @@ def convert_dicom_dir(wildcards):
 def center_patterns(wildcards):
     """The series-description patterns of the subject's center, as JSON for the command line."""
     return json.dumps(sheets.series_patterns(config, ALL_SUBJECTS[wildcards.subject].center), sort_keys=True)
+
+
+# --- training, inference, evaluation, tables ---------------------------------------------------------
+
+
+def experiment_of(wildcards):
+    if wildcards.experiment not in EXPERIMENTS:
+        raise ValueError(f"experiment {wildcards.experiment!r} is not declared in the config's `experiments`")
+    return EXPERIMENTS[wildcards.experiment]
+
+
+def experiment_splits(wildcards):
+    return f"results/splits/{experiment_of(wildcards).split}.json"
+
+
+def labelled_stacks():
+    return [f"results/harmonise/{s.center}/{s.subject}/stack.nii.gz" for s in LABELLED]
+
+
+def train_inputs(wildcards):
+    """The split file and every labelled subject's stack (and summary).
+
+    A fold's subjects are only known once the split file exists; every labelled stack is required
+    instead of a checkpoint rule, which costs nothing since preprocessing needs them all anyway.
+    """
+    return {
+        "splits": experiment_splits(wildcards),
+        "stacks": labelled_stacks(),
+        "summaries": [path.replace("stack.nii.gz", "stack.json") for path in labelled_stacks()],
+    }
+
+
+def split_options():
+    """The split fractions only, so that other train settings never touch the split file."""
+    train = config["train"]
+    return json.dumps({key: train[key] for key in exps.SPLIT_TRAIN_KEYS if key in train}, sort_keys=True)
+
+
+def train_options(wildcards):
+    """The experiment's train and model sections, as `thrombus train --options` reads them."""
+    return json.dumps(experiment_of(wildcards).training_sections(), sort_keys=True)
+
+
+def resume_flag(wildcards):
+    return "--resume" if experiment_of(wildcards).train.get("resume", True) else ""
+
+
+def train_mem_mb(wildcards, input, attempt):
+    """Measured: 0.9 GB for the network and a batch of 8 x 4 x 5 x 64 x 64, plus the cases held in
+    memory (about 4x their compressed size); doubled on a retry after an out-of-memory kill."""
+    return int((1500 + 4 * input.size_mb) * attempt)
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes: 10 ms a CPU iteration on a GPU node is generous; doubled on a retry."""
+    iterations = experiment_of(wildcards).train.get("iterations", 600)
+    return int((30 + iterations / 100) * attempt)
+
+
+def infer_inputs(wildcards):
+    folder = f"results/models/{wildcards.experiment}/fold{wildcards.fold}"
+    return {
+        "splits": experiment_splits(wildcards),
+        "checkpoint": f"{folder}/best.pt",
+        "postprocessing": f"{folder}/postprocessing.json",
+        "stacks": labelled_stacks(),
+    }
+
+
+def infer_mem_mb(wildcards, input, attempt):
+    """One subject's stack at a time (a few times its compressed size) on top of the network."""
+    return int((1500 + 2 * max(input.size_mb / max(len(LABELLED), 1), 1) * 4) * attempt)
+
+
+def experiment_subsets(wildcards):
+    """JSON {subset: removed channels} of every subset a table shows this experiment with."""
+    subsets = config["evaluation"]["subsets"]
+    wanted = {
+        subset
+        for settings in config["tables"].values()
+        if wildcards.experiment in settings["experiments"]
+        for subset in settings.get("subsets", ["all"])
+    }
+    return json.dumps({name: subsets[name] for name in sorted(wanted)}, sort_keys=True)
+
+
+def table_folds(table):
+    settings = config["tables"][table]
+    return [(experiment, fold) for experiment in settings["experiments"] for fold in EXPERIMENTS[experiment].folds]
+
+
+def table_inputs(wildcards):
+    """Every evaluation (per-subject table and its record) the table gathers, and their predictions."""
+    runs = table_folds(wildcards.table)
+    return {
+        "evaluations": [f"results/evaluation/{e}/fold{f}.tsv" for e, f in runs],
+        "records": [f"results/evaluation/{e}/fold{f}.json" for e, f in runs],
+        "predictions": [f"results/predict/{e}/fold{f}" for e, f in runs],
+    }
+
+
+def table_experiments(wildcards):
+    return " ".join(config["tables"][wildcards.table]["experiments"])
+
+
+def table_subsets(wildcards):
+    return " ".join(shlex.quote(s) for s in config["tables"][wildcards.table].get("subsets", ["all"]))
+
+
+def table_title(wildcards):
+    return config["tables"][wildcards.table].get("title", wildcards.table)

@@ -1,0 +1,134 @@
+"""Experiments and result tables as the config declares them.
+
+An experiment is a split kind (monocentric or leave-one-center-out), the model and training settings
+laid over the config's global `model` and `train` sections, and the folds to run. A table names
+experiments and the sequence subsets its rows show. Declaring them in the config, not in code, is what
+lets one command regenerate every table of the paper, and lets a site add its own ablation without
+touching the package.
+
+Experiments that share a split kind share its split file (`results/splits/<split>.json`), so every row
+of an ablation is computed on exactly the same subjects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from thrombus.samples import ConfigError, Subject
+
+#: Keys of the `train` section read by the workflow (resuming) or by the split files, not by training.
+WORKFLOW_TRAIN_KEYS: tuple[str, ...] = ("resume",)
+SPLIT_TRAIN_KEYS: tuple[str, ...] = ("val_fraction", "test_fraction")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment, with its sections already merged over the global ones."""
+
+    name: str
+    split: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    folds: tuple[int, ...]
+    description: str = ""
+
+    def training_sections(self) -> dict[str, Any]:
+        """What `thrombus train --options` reads: the train section (workflow-only keys left out) and the model."""
+        train = {key: value for key, value in self.train.items() if key not in WORKFLOW_TRAIN_KEYS + SPLIT_TRAIN_KEYS}
+        return {"train": train, "model": self.model}
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` laid over `base`, nested mappings merged key by key (so `train.gmd.mode` alone can change)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def labelled(subjects: Iterable[Subject]) -> list[Subject]:
+    """Subjects with a thrombus label (1 or 0): the ones split files, training and evaluation use."""
+    return [s for s in subjects if s.thrombus in ("0", "1")]
+
+
+def fold_centers(subjects: Iterable[Subject]) -> list[str]:
+    """Centers in fold order: both split kinds make one fold per center with labelled subjects, sorted."""
+    return sorted({s.center for s in labelled(subjects)})
+
+
+def experiments(config: Mapping[str, Any], subjects: Sequence[Subject]) -> dict[str, Experiment]:
+    """Every experiment of the config, checked against the cohort (fold numbers that exist)."""
+    centers = fold_centers(subjects)
+    found = {}
+    for name, settings in sorted(config["experiments"].items()):
+        folds = _folds(name, settings.get("folds", "all"), centers)
+        if settings["split"] == "loco" and len(centers) < 2:
+            raise ConfigError(
+                f"experiments.{name}: leave-one-center-out needs labelled subjects from two centers or more, "
+                f"the sheet has {centers or 'none'}; remove the experiment or add centers"
+            )
+        found[name] = Experiment(
+            name=name,
+            split=settings["split"],
+            model=deep_merge(config.get("model") or {}, settings.get("model") or {}),
+            train=deep_merge(config.get("train") or {}, settings.get("train") or {}),
+            folds=folds,
+            description=settings.get("description", ""),
+        )
+    return found
+
+
+def _folds(name: str, requested: Any, centers: Sequence[str]) -> tuple[int, ...]:
+    if requested == "all":
+        return tuple(range(len(centers)))
+    unknown = [fold for fold in requested if fold >= len(centers)]
+    if unknown:
+        raise ConfigError(
+            f"experiments.{name}.folds: {unknown} do not exist; there is one fold per center with labelled "
+            f"subjects, numbered 0 to {len(centers) - 1} ({', '.join(f'{i}: {c}' for i, c in enumerate(centers))})"
+        )
+    return tuple(sorted(requested))
+
+
+def check_tables(config: Mapping[str, Any], channels: Sequence[str]) -> None:
+    """Refuse a table naming an unknown experiment or subset, and a subset naming an unknown channel."""
+    subsets = config["evaluation"]["subsets"]
+    for name, removed in subsets.items():
+        unknown = [channel for channel in removed if channel not in channels]
+        if unknown:
+            raise ConfigError(
+                f"evaluation.subsets.{name} removes {unknown}, which are not model channels "
+                f"(harmonise.channels: {list(channels)})"
+            )
+        if len(removed) >= len(channels):
+            raise ConfigError(f"evaluation.subsets.{name} removes every channel: keep at least one")
+    for table, settings in config["tables"].items():
+        missing = [e for e in settings["experiments"] if e not in config["experiments"]]
+        if missing:
+            raise ConfigError(
+                f"tables.{table} names experiments {missing} that `experiments` does not declare "
+                f"(declared: {', '.join(sorted(config['experiments']))})"
+            )
+        missing = [s for s in settings.get("subsets", ["all"]) if s not in subsets]
+        if missing:
+            raise ConfigError(
+                f"tables.{table} names subsets {missing} that `evaluation.subsets` does not declare "
+                f"(declared: {', '.join(subsets)})"
+            )
+
+
+def table_folds(config: Mapping[str, Any], found: Mapping[str, Experiment]) -> list[tuple[str, int]]:
+    """(experiment, fold) of every model the tables need, each once, in a stable order."""
+    return sorted(
+        {
+            (experiment, fold)
+            for settings in config["tables"].values()
+            for experiment in settings["experiments"]
+            for fold in found[experiment].folds
+        }
+    )

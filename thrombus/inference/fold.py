@@ -1,0 +1,186 @@
+"""Inference over one fold's test subjects, with every sequence subset an experiment's tables show.
+
+One job per fold rather than per subject: the model is loaded once, and on a cluster one GPU job per
+fold costs a fraction of the scheduling overhead of one per subject. Everything is written into a
+temporary folder beside the target and renamed into place at the end, so a killed job never leaves a
+folder that looks finished. A subject whose stack cannot be used is listed in `predictions.json` with
+its error and the others are still predicted; the evaluation turns the listing into the table's notes.
+
+Layout: `<out>/<subset>/<center>/<subject>/{probability,mask}.nii.gz` and `record.json`, plus
+`<out>/predictions.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thrombus.io import PathLike, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldRequest:
+    """What `predict_fold` needs: the fold's test subjects come from the split file."""
+
+    sheet: Path
+    splits: Path
+    fold: int
+    stacks_root: Path
+    checkpoint: Path
+    postprocessing: Path | None
+    harmonise: Mapping[str, Any] | None
+    subsets: Mapping[str, Sequence[str]]
+    out_dir: Path
+    threads: int = 1
+    device: str = "auto"
+
+
+def subject_folder(root: PathLike, subset: str, center: str, subject: str) -> Path:
+    """Where one subject's prediction with one subset lies (shared with the evaluation)."""
+    return Path(root) / subset / center / subject
+
+
+def kept_channels(channels: Sequence[str], removed: Sequence[str]) -> list[str]:
+    """The channels a subset keeps, in the model's order."""
+    return [channel for channel in channels if channel not in set(removed)]
+
+
+def predict_fold(request: FoldRequest) -> dict[str, Any]:
+    """Predict every test subject of the fold with every subset; returns the listing it writes."""
+    from thrombus.samples import read_sheet, subjects
+    from thrombus.training.splits import fold_of, read_splits
+
+    document = read_splits(request.splits)
+    fold = fold_of(document, request.fold, request.splits)
+    by_id = {s.subject: s for s in subjects(read_sheet(request.sheet), {})}
+    missing = [subject for subject in fold["test"] if subject not in by_id]
+    if missing:
+        raise ValueError(f"split file {request.splits}, fold {request.fold}: test subjects {missing} are not in {request.sheet}")
+    target = request.out_dir
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        listing = _predict_all(request, [by_id[s] for s in fold["test"]], staging, fold["name"])
+        write_json(staging / "predictions.json", listing)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return listing
+
+
+def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_name: str) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from thrombus.inference.predict import PredictRequest, predict_subject
+    from thrombus.nifti import VolumeError
+
+    card_channels = _card_channels(request.checkpoint)
+    listing: dict[str, Any] = {
+        "checkpoint": str(request.checkpoint),
+        "fold": request.fold,
+        "fold_name": fold_name,
+        "subsets": {name: list(removed) for name, removed in request.subsets.items()},
+        "predictions": [],
+    }
+    jobs = [(subset, s) for subset in sorted(request.subsets) for s in test]
+    for subset, s in tqdm(jobs, desc="predicting", unit="case", disable=None):
+        folder = subject_folder(staging, subset, s.center, s.subject)
+        stack_dir = request.stacks_root / "results" / "harmonise" / s.center / s.subject
+        entry = {"subset": subset, "subject": s.subject, "center": s.center}
+        try:
+            record = predict_subject(
+                PredictRequest(
+                    checkpoint=request.checkpoint,
+                    stack=stack_dir / "stack.nii.gz",
+                    summary=stack_dir / "stack.json",
+                    postprocessing=request.postprocessing,
+                    harmonise=request.harmonise,
+                    keep=kept_channels(card_channels, request.subsets[subset]),
+                    out_probability=folder / "probability.nii.gz",
+                    out_mask=folder / "mask.nii.gz",
+                    out_record=folder / "record.json",
+                    subject=s.subject,
+                    center=s.center,
+                    threads=request.threads,
+                    device=request.device,
+                )
+            )
+            entry.update(status="ok", components=record.get("components"))
+        except (VolumeError, FileNotFoundError, ValueError) as error:
+            if _is_model_error(error):
+                raise
+            log.error("fold %d, subset %s, subject %s (center %s): %s", request.fold, subset, s.subject, s.center, error)
+            entry.update(status="failed", error=str(error))
+        listing["predictions"].append(entry)
+    return listing
+
+
+def _card_channels(checkpoint: Path) -> list[str]:
+    """The channels the model expects, read from its card (checked again on loading)."""
+    from thrombus.training.card import load_checkpoint
+
+    return list(load_checkpoint(checkpoint, {})["card"]["channels"])
+
+
+def _is_model_error(error: BaseException) -> bool:
+    """A checkpoint that does not fit the configuration fails the whole fold, not one subject."""
+    from thrombus.training.card import CheckpointError
+
+    return isinstance(error, CheckpointError)
+
+
+def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `thrombus predict-fold` (the `infer` rule's command)."""
+    parser = subparsers.add_parser("predict-fold", help="predict a fold's test subjects with every sequence subset")
+    parser.add_argument("--sheet", required=True, help="sample sheet (TSV)")
+    parser.add_argument("--stacks-root", required=True, help="the workflow's working directory (holds results/harmonise/...)")
+    parser.add_argument("--splits", required=True, help="split file of the experiment")
+    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument("--checkpoint", required=True, help="best.pt of the fold")
+    parser.add_argument("--postprocessing", default=None, help="postprocessing.json written by the training")
+    parser.add_argument("--harmonise", default=None, help="JSON of the config's harmonise section (checked against the model card)")
+    parser.add_argument("--subsets", default='{"all": []}', help='JSON {subset: [channels removed]}')
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.set_defaults(func=_cmd_predict_fold)
+
+
+def _cmd_predict_fold(args: argparse.Namespace) -> int:
+    from thrombus.training.card import CheckpointError
+    from thrombus.training.splits import SplitsError
+
+    request = FoldRequest(
+        sheet=Path(args.sheet),
+        splits=Path(args.splits),
+        fold=args.fold,
+        stacks_root=Path(args.stacks_root),
+        checkpoint=Path(args.checkpoint),
+        postprocessing=Path(args.postprocessing) if args.postprocessing else None,
+        harmonise=json.loads(args.harmonise) if args.harmonise else None,
+        subsets=json.loads(args.subsets),
+        out_dir=Path(args.out_dir),
+        threads=args.threads,
+        device=args.device,
+    )
+    try:
+        listing = predict_fold(request)
+    except (CheckpointError, SplitsError) as error:
+        log.error("%s", error)
+        return 1
+    failed = [p for p in listing["predictions"] if p["status"] != "ok"]
+    log.info("fold %d: %d predictions, %d failed", args.fold, len(listing["predictions"]), len(failed))
+    return 0

@@ -1,0 +1,87 @@
+rule infer:
+    """Probability maps and masks of a fold's test subjects with every sequence subset its tables show; GPU on the cluster."""
+    input:
+        unpack(infer_inputs),
+    output:
+        directory("results/predict/{experiment}/fold{fold}"),
+    log:
+        "logs/infer/{experiment}/fold{fold}.log",
+    wildcard_constraints:
+        fold="[0-9]+",
+    params:
+        sheet=config["samples"],
+        harmonise=json.dumps(config["harmonise"], sort_keys=True),
+        subsets=experiment_subsets,
+    threads: config["threads"]["infer"]
+    resources:
+        mem_mb=infer_mem_mb,
+        runtime=30,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus predict-fold --sheet {params.sheet:q} --stacks-root . --splits {input.splits:q} --fold {wildcards.fold}"
+        " --checkpoint {input.checkpoint:q} --postprocessing {input.postprocessing:q} --harmonise {params.harmonise:q}"
+        " --subsets {params.subsets:q} --out-dir {output:q} --threads {threads} 2> {log:q}"
+
+
+rule evaluate:
+    """Per-subject metrics of one experiment and fold, every subset, against the reference masks."""
+    input:
+        predictions="results/predict/{experiment}/fold{fold}",
+        card="results/models/{experiment}/fold{fold}/model_card.json",
+    output:
+        table="results/evaluation/{experiment}/fold{fold}.tsv",
+        record="results/evaluation/{experiment}/fold{fold}.json",
+    log:
+        "logs/evaluate/{experiment}/fold{fold}.log",
+    wildcard_constraints:
+        fold="[0-9]+",
+    params:
+        sheet=config["samples"],
+        options=json.dumps(config["evaluation"], sort_keys=True),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus evaluate --sheet {params.sheet:q} --fold {wildcards.fold} --card {input.card:q}"
+        " --predictions {input.predictions:q} --experiment {wildcards.experiment}"
+        " --options {params.options:q} --out {output.table:q} --record {output.record:q} 2> {log:q}"
+
+
+rule tables:
+    """One result table (overall and per center, CSV + Markdown + LaTeX) with its figures."""
+    input:
+        unpack(table_inputs),
+    output:
+        csv=report("results/tables/{table}.csv", category="Tables", labels={"table": "{table}", "rows": "overall"}),
+        md="results/tables/{table}.md",
+        tex="results/tables/{table}.tex",
+        centers=report(
+            "results/tables/{table}_per_center.csv", category="Tables", labels={"table": "{table}", "rows": "per center"}
+        ),
+        centers_md="results/tables/{table}_per_center.md",
+        centers_tex="results/tables/{table}_per_center.tex",
+        subjects="results/tables/{table}_subjects.tsv",
+        boxplots=report("results/tables/figures/{table}_boxplots.png", category="Figures", labels={"table": "{table}", "figure": "box plots"}),
+        overlays=report("results/tables/figures/{table}_overlays.png", category="Figures", labels={"table": "{table}", "figure": "overlays"}),
+    log:
+        "logs/tables/{table}.log",
+    params:
+        title=table_title,
+        experiments=table_experiments,
+        subsets=table_subsets,
+        sheet=config["samples"],
+        options=json.dumps(config["evaluation"], sort_keys=True),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus tables --table {wildcards.table} --title {params.title:q} --experiments {params.experiments}"
+        " --subsets {params.subsets} --evaluations {input.evaluations:q} --records {input.records:q}"
+        " --sheet {params.sheet:q} --stacks-root . --options {params.options:q} --out-dir results/tables 2> {log:q}"
