@@ -292,4 +292,4 @@ def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None
     assert args.func(args) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["split"]["name"] == "test_center_B" and card["model"]["base_width"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "learning_curves.png", "model_card.json", "training_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "learning_curves.png", "model_card.json", "postprocessing.json", "training_log.csv"]

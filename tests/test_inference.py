@@ -1,0 +1,333 @@
+"""Inference: probability maps on the stack's grid, missing sequences, card checks, postprocessing, calibration.
+
+Stacks are small synthetic 4-channel volumes (32 x 32 x 12) written here with nibabel, as harmonisation
+leaves them (stack.nii.gz + stack.json). Plumbing tests use an untrained network; one tiny network is
+trained (a few seconds) to overfit a subject and must then find its thrombus through `predict_subject`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from thrombus.inference.cli import add_predict_parser
+from thrombus.inference.postprocess import (
+    CRITERION,
+    DEFAULT_CRITERION,
+    Postprocessing,
+    apply_postprocessing,
+    choose_postprocessing,
+)
+from thrombus.inference.predict import (
+    InferenceError,
+    PredictRequest,
+    load_model,
+    predict_probability,
+    predict_subject,
+    select_channels,
+    zero_missing,
+)
+from thrombus.io import sha256_file
+from thrombus.model import ModelConfig, build_model
+from thrombus.training.card import CheckpointError, make_card, save_checkpoint
+from thrombus.training.data import AugmentOptions, CaseSource, load_case
+from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, predict_case, train
+
+CHANNELS = ("susceptibility", "dwi", "adc", "flair")
+SHAPE = (32, 32, 12)
+HARMONISE = {"channels": {name: [name] for name in CHANNELS}, "method": "zscore", "low_percentile": 0.5, "high_percentile": 99.5}
+TINY_MODEL = ModelConfig(channels=CHANNELS, base_width=4, depth=2, max_width=16, stem_width=4, fusion_key_width=4, norm_groups=2)
+#: Where the planted thrombus sits (x, y, z slices).
+THROMBUS = (slice(13, 17), slice(14, 18), slice(5, 8))
+CPU = torch.device("cpu")
+
+
+def make_stack(seed: int, positive: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Z-scored-looking noise in an ellipsoid brain (zero around it) and a thrombus mask.
+
+    The thrombus is dark on susceptibility, bright on DWI and dark on ADC in the same 4 x 4 x 3 voxels,
+    so a tiny network learns it within a hundred steps.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+    brain = (grid**2).sum(axis=0) < 0.8
+    stack = rng.normal(0.0, 0.3, (*SHAPE, len(CHANNELS))).astype(np.float32) * brain[..., None]
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    if positive:
+        mask[THROMBUS] = 1
+        for channel, value in ((0, -3.0), (1, 2.5), (2, -2.5)):
+            stack[(*THROMBUS, channel)] = value
+    return stack, mask
+
+
+def write_stack(folder: Path, stack: np.ndarray, channels: tuple[str, ...] = CHANNELS, availability: list[int] | None = None,
+                affine: np.ndarray | None = None, mask: np.ndarray | None = None) -> tuple[Path, Path]:
+    """stack.nii.gz and stack.json (and thrombus.nii.gz when a mask is given) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(stack, affine), folder / "stack.nii.gz")
+    availability = [1] * len(channels) if availability is None else availability
+    (folder / "stack.json").write_text(json.dumps({"channels": list(channels), "availability": availability}))
+    if mask is not None:
+        nib.save(nib.Nifti1Image(mask, affine), folder / "thrombus.nii.gz")
+    return folder / "stack.nii.gz", folder / "stack.json"
+
+
+def untrained_checkpoint(path: Path, model: ModelConfig = TINY_MODEL, harmonise: dict | None = None) -> Path:
+    """A checkpoint of freshly initialised weights, with the card training would write."""
+    torch.manual_seed(0)
+    network = build_model(model)
+    card = make_card(model, harmonise or HARMONISE, {"slab_depth": 3, "patch_size": [32, 32]}, {"seed": 0})
+    return save_checkpoint(path, card, network.state_dict())
+
+
+def request(folder: Path, checkpoint: Path, stack: Path, summary: Path, **changes: object) -> PredictRequest:
+    values = {"checkpoint": checkpoint, "stack": stack, "summary": summary, "out_probability": folder / "probability.nii.gz",
+              "out_mask": folder / "mask.nii.gz", "out_record": folder / "record.json", "subject": "S001", "center": "A",
+              "threads": 1, "device": "cpu"}
+    return PredictRequest(**{**values, **changes})
+
+
+def probability_of(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("untrained") / "best.pt")
+
+
+# --- predict_probability and --sequences ---------------------------------------------------------------
+
+
+def test_probability_covers_the_grid_and_is_zero_outside_the_brain_box(tmp_path: Path) -> None:
+    stack, _ = make_stack(1, positive=True)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    probability = predict_probability(model, stack, np.ones(4, dtype=np.float32), 3, 4, CPU)
+    assert probability.shape == SHAPE and probability.dtype == np.float32
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
+    inside = np.zeros(SHAPE, dtype=bool)
+    coords = np.argwhere(np.any(stack != 0, axis=3))
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(axis=0), coords.max(axis=0)))
+    inside[box] = True
+    assert not inside.all(), "the test stack must have background around the brain box"
+    assert not probability[~inside].any() and (probability[inside] > 0).all()
+    # Same numbers, in the same place, as the validation pass of training on the same stack.
+    folder = tmp_path / "case"
+    stack_path, summary = write_stack(folder, stack)
+    case = load_case(CaseSource("S001", "A", stack_path, summary, None, False), CHANNELS)
+    expected = torch.sigmoid(predict_case(model.eval(), case, 3, 4, CPU)).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(probability[box], expected, atol=1e-6)
+
+
+def test_dropping_a_sequence_equals_a_missing_one(tmp_path: Path, untrained: Path) -> None:
+    stack, _ = make_stack(2, positive=True)
+    stack[0, 10:20, 4:8, 3] = 0.5  # FLAIR reaching beyond the other sequences: it widens the brain box while present
+    full = write_stack(tmp_path / "full", stack)
+    missing_stack = stack.copy()
+    missing_stack[..., 3] = 0.0
+    missing = write_stack(tmp_path / "missing", missing_stack, availability=[1, 1, 1, 0])
+    dropped = predict_subject(request(tmp_path / "out_dropped", untrained, *full, keep=("susceptibility", "dwi", "adc")))
+    predict_subject(request(tmp_path / "out_missing", untrained, *missing))
+    predict_subject(request(tmp_path / "out_full", untrained, *full))
+    as_dropped, as_missing, as_full = (probability_of(tmp_path / f"out_{name}" / "probability.nii.gz")
+                                       for name in ("dropped", "missing", "full"))
+    assert np.array_equal(as_dropped, as_missing)
+    assert not as_dropped[0].any() and as_full[0].any(), "a dropped sequence no longer counts towards the brain box"
+    assert not np.allclose(as_dropped, as_full), "dropping FLAIR must change what the model sees"
+    assert dropped["availability"] == {"susceptibility": 1, "dwi": 1, "adc": 1, "flair": 0}
+    assert dropped["dropped_by_request"] == ["flair"]
+
+
+def test_sequence_selection_checks_names() -> None:
+    availability = np.array([1, 1, 1, 0], dtype=np.float32)
+    assert select_channels(availability, CHANNELS, None).tolist() == [1, 1, 1, 0]
+    assert select_channels(availability, CHANNELS, ["dwi", "adc"]).tolist() == [0, 1, 1, 0]
+    with pytest.raises(InferenceError, match=r"\['t2'\].*susceptibility.*dwi.*adc.*flair"):
+        select_channels(availability, CHANNELS, ["dwi", "t2"])
+    with pytest.raises(InferenceError, match="no available channel"):
+        select_channels(availability, CHANNELS, ["flair"])
+    image = np.ones((2, 2, 2, 4), dtype=np.float32)
+    assert zero_missing(image, np.array([1, 0, 1, 0]))[..., [1, 3]].sum() == 0 and image.all(), "the input is not changed"
+
+
+# --- predict_subject: outputs and refusals -------------------------------------------------------------
+
+
+def test_predict_subject_writes_maps_on_the_stack_grid_and_a_record(tmp_path: Path, untrained: Path) -> None:
+    stack, _ = make_stack(3, positive=True)
+    angle = np.radians(20)
+    affine = np.array([[2 * np.cos(angle), -2 * np.sin(angle), 0, -30.0], [2 * np.sin(angle), 2 * np.cos(angle), 0, 12.5],
+                       [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
+    post = tmp_path / "postprocessing.json"
+    post.write_text(json.dumps(Postprocessing(0.5, 3, ("V1",), 0.7, CRITERION).to_dict()))
+    record = predict_subject(request(tmp_path / "out", untrained, *write_stack(tmp_path / "in", stack, affine=affine),
+                                     postprocessing=post))
+    probability, mask = nib.load(str(tmp_path / "out" / "probability.nii.gz")), nib.load(str(tmp_path / "out" / "mask.nii.gz"))
+    for image, dtype in ((probability, np.float32), (mask, np.uint8)):
+        assert image.shape == SHAPE and image.get_data_dtype() == dtype
+        np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+        np.testing.assert_allclose(image.get_qform(), affine, atol=1e-5)
+    mask_data = np.asarray(mask.dataobj)
+    assert np.array_equal(mask_data > 0, apply_postprocessing(np.asarray(probability.dataobj), Postprocessing(0.5, 3)))
+    saved = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["checkpoint_sha256"] == sha256_file(untrained) and saved["code_version"]["thrombus"]
+    assert (saved["threshold"], saved["min_component_voxels"], saved["postprocessing"]["chosen_on"]) == (0.5, 3, ["V1"])
+    assert saved["subject"] == "S001" and saved["center"] == "A" and saved["device"] == "cpu" and saved["seconds"] > 0
+    assert sum(saved["component_voxels"]) == int(mask_data.sum()) == saved["predicted_voxels"]
+    assert saved["components"] == len(saved["component_voxels"])
+    assert saved["predicted_volume_ml"] == pytest.approx(mask_data.sum() * 12.0 / 1000.0)
+    # The same stack with its channels listed in another order gives the same map.
+    order = [2, 0, 3, 1]
+    shuffled = write_stack(tmp_path / "shuffled", np.ascontiguousarray(stack[..., order]), tuple(CHANNELS[i] for i in order),
+                           affine=affine)
+    predict_subject(request(tmp_path / "out_shuffled", untrained, *shuffled))
+    np.testing.assert_allclose(probability_of(tmp_path / "out_shuffled" / "probability.nii.gz"), np.asarray(probability.dataobj),
+                               atol=1e-6)
+
+
+def test_checkpoint_with_other_channels_is_refused(tmp_path: Path) -> None:
+    other = ModelConfig(**{**TINY_MODEL.to_dict(), "channels": ("susceptibility", "dwi", "adc", "t2")})
+    checkpoint = untrained_checkpoint(tmp_path / "other.pt", other)
+    stack, _ = make_stack(4, positive=False)
+    with pytest.raises(CheckpointError, match=r"other\.pt.*channels.*t2.*lacks \['t2'\]"):
+        predict_subject(request(tmp_path / "out", checkpoint, *write_stack(tmp_path / "in", stack)))
+    assert not (tmp_path / "out").exists(), "nothing is written for a refused checkpoint"
+
+
+def test_stack_lacking_a_model_channel_or_harmonised_otherwise_is_refused(tmp_path: Path, untrained: Path) -> None:
+    stack, _ = make_stack(5, positive=False)
+    three = write_stack(tmp_path / "three", np.ascontiguousarray(stack[..., :3]), CHANNELS[:3])
+    with pytest.raises(CheckpointError, match=r"best\.pt.*S001.*lacks \['flair'\]"):
+        predict_subject(request(tmp_path / "out", untrained, *three))
+    four = write_stack(tmp_path / "four", stack)
+    with pytest.raises(CheckpointError, match=r"best\.pt.*harmonise\.method.*histogram"):
+        predict_subject(request(tmp_path / "out", untrained, *four, harmonise={**HARMONISE, "method": "histogram"}))
+    predict_subject(request(tmp_path / "out", untrained, *four, harmonise=HARMONISE))
+    assert (tmp_path / "out" / "mask.nii.gz").exists()
+    # A model loaded once for many subjects is checked against each subject's stack all the same.
+    loaded = load_model(untrained, CHANNELS, HARMONISE, "stack.nii.gz of subject S001")
+    predict_subject(request(tmp_path / "again", untrained, *four, harmonise=HARMONISE), loaded)
+    assert np.array_equal(probability_of(tmp_path / "again" / "probability.nii.gz"), probability_of(tmp_path / "out" / "probability.nii.gz"))
+    with pytest.raises(CheckpointError, match=r"lacks \['flair'\]"):
+        predict_subject(request(tmp_path / "again", untrained, *three), loaded)
+
+
+def test_predict_command(tmp_path: Path, untrained: Path, caplog: pytest.LogCaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    add_predict_parser(parser.add_subparsers(dest="command", required=True))
+    stack, summary = write_stack(tmp_path / "in", make_stack(6, positive=True)[0])
+
+    def run(checkpoint: Path, *extra: str) -> int:
+        args = parser.parse_args([
+            "predict", "--checkpoint", str(checkpoint), "--stack", str(stack), "--summary", str(summary),
+            "--out-probability", str(tmp_path / "out" / "p.nii.gz"), "--out-mask", str(tmp_path / "out" / "m.nii.gz"),
+            "--record", str(tmp_path / "out" / "r.json"), "--subject", "S009", "--center", "B", "--device", "cpu", *extra,
+        ])
+        return args.func(args)
+
+    assert run(untrained, "--sequences", "susceptibility", "dwi", "--harmonise", json.dumps(HARMONISE)) == 0
+    record = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert record["subject"] == "S009" and record["availability"]["adc"] == 0 and record["postprocessing"]["source"] is None
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run(tmp_path / "absent.pt") == 1
+        assert run(untrained, "--sequences", "t1") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and "absent.pt does not exist" in errors[0] and "'t1'" in errors[1] and "S009" in errors[1]
+
+
+# --- postprocessing and calibration -------------------------------------------------------------------
+
+
+def test_apply_postprocessing_removes_small_components() -> None:
+    probability = np.zeros((12, 12, 12), dtype=np.float32)
+    probability[1:4, 1:4, 1:4] = 0.9  # 27 voxels
+    probability[8, 8, 8] = probability[8, 8, 9] = 0.9  # 2 voxels
+    probability[6, 0, 0] = probability[7, 1, 1] = probability[8, 2, 2] = 0.8  # corner-touching: one component under 26-connectivity
+    probability[10, 10, 0] = 0.45  # below the threshold
+    kept = apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_voxels=3))
+    assert kept.dtype == bool
+    assert kept[1:4, 1:4, 1:4].all() and kept[6, 0, 0] and kept[8, 2, 2]
+    assert not kept[8, 8, 8] and not kept[10, 10, 0] and kept.sum() == 30
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5)).sum() == 32
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.4)).sum() == 33
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_voxels=28)).sum() == 0
+
+
+def blob(value: float, corner: tuple[int, int, int], size: int, shape: tuple[int, int, int] = (20, 20, 20)) -> np.ndarray:
+    volume = np.zeros(shape, dtype=np.float32)
+    volume[corner[0] : corner[0] + size, corner[1] : corner[1] + size, corner[2] : corner[2] + size] = value
+    return volume
+
+
+def test_calibration_threshold_removes_a_faint_false_positive_on_a_negative_case() -> None:
+    truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
+    positive = blob(0.45, (2, 2, 2), 3)  # a faint but right thrombus: missed at 0.5
+    negative = blob(0.35, (10, 10, 10), 4)  # a 64-voxel look-alike on a healthy subject, too big for any size filter
+    chosen = choose_postprocessing([positive, negative], [truth, np.zeros_like(truth)], ["P1", "N1"])
+    assert chosen.threshold == pytest.approx(0.4)
+    assert chosen.score == pytest.approx(1.0) and chosen.chosen_on == ("P1", "N1") and chosen.criterion == CRITERION
+    assert not apply_postprocessing(negative, chosen).any() and apply_postprocessing(positive, chosen).sum() == 27
+
+
+def test_calibration_size_filter_and_tie_breaks() -> None:
+    truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
+    positive = blob(0.9, (2, 2, 2), 3)
+    speck = np.zeros((20, 20, 20), dtype=np.float32)
+    speck[12, 12, 12:17] = 0.9  # a 5-voxel false positive
+    chosen = choose_postprocessing([positive, speck], [truth, np.zeros_like(truth)], ["P1", "N1"])
+    assert (chosen.threshold, chosen.min_component_voxels) == (0.5, 10), "threshold nearest 0.5, then the smallest size"
+    assert chosen.score == pytest.approx(1.0)
+    default = choose_postprocessing([], [], [])
+    assert (default.threshold, default.min_component_voxels, default.criterion, default.score) == (0.5, 0, DEFAULT_CRITERION, None)
+    assert Postprocessing.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
+    with pytest.raises(ValueError, match="treshold"):
+        Postprocessing.from_dict({"treshold": 0.3})
+
+
+# --- a trained model end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny network trained on one positive and one negative subject, validated (and calibrated) on them."""
+    root = tmp_path_factory.mktemp("overfit")
+    sources = []
+    for subject, positive in (("P001", True), ("N001", False)):
+        stack, mask = make_stack(10 if positive else 11, positive)
+        stack_path, summary = write_stack(root / subject, stack, mask=mask)
+        sources.append(CaseSource(subject, "A", stack_path, summary, root / subject / "thrombus.nii.gz", positive))
+    cases = [load_case(source, CHANNELS) for source in sources]
+    options = TrainOptions(iterations=60, batch_size=4, val_every=30, slab_depth=3, patch_size=(32, 32), learning_rate=1e-2,
+                           foreground_probability=0.7, augmentation=AugmentOptions(enabled=False), gmd=GMDSettings(mode="none"))
+    card = make_card(TINY_MODEL, HARMONISE, {"slab_depth": 3, "patch_size": [32, 32]},
+                     {**options.card_dict(), "seed": 1, "split": {"name": "overfit"}})
+    train(TrainRun(train_cases=cases, val_cases=cases, model=TINY_MODEL, options=options, card=card, out_dir=root / "model",
+                   seed=1, threads=1, device="cpu", progress=False))
+    return root
+
+
+def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path) -> None:
+    model_dir = overfit / "model"
+    post = json.loads((model_dir / "postprocessing.json").read_text())
+    assert set(post) == {"threshold", "min_component_voxels", "chosen_on", "score", "criterion"}
+    assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == CRITERION
+    assert json.loads((model_dir / "model_card.json").read_text())["postprocessing"] == post
+    record = predict_subject(request(overfit / "predicted", model_dir / "best.pt", overfit / "P001" / "stack.nii.gz",
+                                     overfit / "P001" / "stack.json", postprocessing=model_dir / "postprocessing.json",
+                                     harmonise=HARMONISE))
+    predicted = np.asarray(nib.load(str(overfit / "predicted" / "mask.nii.gz")).dataobj) > 0
+    truth = np.asarray(nib.load(str(overfit / "P001" / "thrombus.nii.gz")).dataobj) > 0
+    dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert dice > 0.8, (dice, record)
+    assert record["threshold"] == post["threshold"] and record["components"] >= 1

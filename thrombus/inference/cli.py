@@ -1,0 +1,81 @@
+"""`thrombus predict`: the command-line side of the `predict` rule.
+
+`thrombus.cli` calls `add_predict_parser(subcommands)`; torch is imported inside the command so that
+`thrombus --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _harmonise(text: str | None) -> dict | None:
+    """The --harmonise JSON object, or None when the option is absent (no harmonisation check)."""
+    from thrombus.inference.predict import InferenceError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InferenceError(f"--harmonise is not valid JSON ({error}): {text[:200]}") from error
+    if not isinstance(value, dict):
+        raise InferenceError(f"--harmonise must be a JSON object (the config's harmonise section), got {text[:200]}")
+    return value
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from thrombus.inference.predict import InferenceError, PredictRequest, predict_subject
+    from thrombus.nifti import VolumeError
+    from thrombus.training.card import CheckpointError
+
+    try:
+        request = PredictRequest(
+            checkpoint=Path(args.checkpoint),
+            stack=Path(args.stack),
+            summary=Path(args.summary),
+            out_probability=Path(args.out_probability),
+            out_mask=Path(args.out_mask),
+            out_record=Path(args.record),
+            subject=args.subject,
+            center=args.center,
+            postprocessing=Path(args.postprocessing) if args.postprocessing else None,
+            harmonise=_harmonise(args.harmonise),
+            keep=tuple(args.sequences) if args.sequences is not None else None,
+            threads=args.threads,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+        predict_subject(request)
+    except (CheckpointError, VolumeError, InferenceError) as error:
+        log.error("subject %s (center %s): %s", args.subject, args.center, error)
+        return 1
+    return 0
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `predict` subcommand."""
+    predict = subparsers.add_parser("predict", help="thrombus probability map, mask and record of one subject")
+    predict.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pt of a fold)")
+    predict.add_argument("--stack", required=True, help="harmonised stack, results/harmonise/<center>/<subject>/stack.nii.gz")
+    predict.add_argument("--summary", required=True, help="its summary (stack.json: channels and availability)")
+    predict.add_argument("--postprocessing", default=None,
+                         help="postprocessing.json written by training beside best.pt (default: threshold 0.5, no size filter)")
+    predict.add_argument("--harmonise", default=None,
+                         help="JSON of the config's harmonise section; the checkpoint must have been trained with the same")
+    predict.add_argument("--sequences", nargs="*", default=None, metavar="CHANNEL",
+                         help="channels to keep (e.g. susceptibility dwi); the others are treated as missing. Default: all")
+    predict.add_argument("--out-probability", required=True, help="probability map (NIfTI float32, on the stack's grid)")
+    predict.add_argument("--out-mask", required=True, help="thrombus mask (NIfTI uint8, on the stack's grid)")
+    predict.add_argument("--record", required=True, help="JSON record of the prediction")
+    predict.add_argument("--subject", required=True)
+    predict.add_argument("--center", required=True)
+    predict.add_argument("--threads", type=int, default=1, help="torch threads (the rule passes its own)")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument("--batch-size", type=int, default=4, help="slabs per forward pass (memory only, not results)")
+    predict.set_defaults(func=_cmd_predict)

@@ -1,0 +1,208 @@
+"""From a probability map to a thrombus mask: a threshold and a minimum component size, chosen on validation.
+
+A thrombus is a few hundred voxels; the errors that matter are whole spurious components (a vein or a
+microbleed that looks like a clot) and a threshold that is slightly too strict for a faint clot. Both are
+settled here by two numbers, searched on the fold's validation subjects after training and written
+beside the checkpoint (`postprocessing.json`), so that inference on the test subjects uses settings that
+never saw them.
+
+Calibration criterion (one number per setting, higher is better): the mean over validation subjects of
+a case score, where
+
+* a thrombus-positive subject scores the Dice of its mask (0 when nothing is predicted, so a missed clot
+  costs as much as anything can), and
+* a thrombus-negative subject scores 1 when no component at all is predicted and 0 otherwise.
+
+Dice alone ignores negative subjects entirely and would happily lower the threshold until every vein
+lights up; counting a negative subject as 0/1 makes a single false-positive component on a healthy
+subject cost as much as a completely missed thrombus, which is how a reader would judge it. Ties (flat
+regions of the grid are common on a handful of subjects) are broken toward threshold 0.5, where the
+training loss put the decision, then toward the smaller minimum size (removing less is the safer
+default), then toward the lower threshold (a missed clot is worse than a spurious one), so the choice is
+deterministic. Components are 26-connected, the rule the evaluation uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+#: Thresholds on the probability searched by calibration.
+THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Minimum component sizes (voxels) searched by calibration; 0 keeps everything.
+SIZES: tuple[int, ...] = (0, 3, 5, 10, 20, 40)
+#: 26-connectivity: voxels touching by a face, an edge or a corner belong to one component.
+STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+DEFAULT_CRITERION = "default: no validation subjects"
+CRITERION = "mean case score: Dice on thrombus-positive subjects, 1 if nothing predicted else 0 on negative ones"
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """How a probability map becomes a mask, and where those settings came from.
+
+    Attributes:
+        threshold: a voxel is thrombus where its probability is above this.
+        min_component_voxels: 26-connected components smaller than this are dropped (0 keeps all).
+        chosen_on: validation subjects the settings were chosen on (empty for the default).
+        score: the calibration criterion at the chosen settings (None for the default).
+        criterion: how they were chosen, in words.
+    """
+
+    threshold: float = 0.5
+    min_component_voxels: int = 0
+    chosen_on: tuple[str, ...] = ()
+    score: float | None = None
+    criterion: str = DEFAULT_CRITERION
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"postprocessing threshold must be in (0, 1), got {self.threshold}")
+        if self.min_component_voxels < 0:
+            raise ValueError(f"postprocessing min_component_voxels must be >= 0, got {self.min_component_voxels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the content of `postprocessing.json`)."""
+        values = asdict(self)
+        values["chosen_on"] = list(self.chosen_on)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Postprocessing:
+        """The inverse of `to_dict`; unknown keys are an error, so a hand-edited typo cannot pass silently."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown postprocessing keys {unknown}: the known keys are {sorted(known)}")
+        converted = dict(values)
+        if "chosen_on" in converted:
+            converted["chosen_on"] = tuple(str(s) for s in converted["chosen_on"])
+        if converted.get("score") is not None:
+            converted["score"] = float(converted["score"])
+        if "threshold" in converted:
+            converted["threshold"] = float(converted["threshold"])
+        if "min_component_voxels" in converted:
+            converted["min_component_voxels"] = int(converted["min_component_voxels"])
+        return cls(**converted)
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected labels of a mask and the voxel count of each label (index 0: background)."""
+    labels, count = ndimage.label(mask, structure=STRUCTURE)
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)
+
+
+def apply_postprocessing(probability: np.ndarray, post: Postprocessing) -> np.ndarray:
+    """The thrombus mask (bool) of a probability map: threshold, then drop components that are too small."""
+    mask = np.asarray(probability) > post.threshold
+    if post.min_component_voxels <= 1 or not mask.any():
+        return mask
+    labels, sizes = label_components(mask)
+    keep = sizes >= post.min_component_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def component_sizes(mask: np.ndarray) -> list[int]:
+    """Voxel counts of the 26-connected components of a mask, largest first (for the inference record)."""
+    _, sizes = label_components(np.asarray(mask, dtype=bool))
+    return sorted((int(s) for s in sizes[1:]), reverse=True)
+
+
+def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes: Sequence[int], threshold: float) -> list[float]:
+    """The case score at one threshold for every minimum size, labelling the thresholded map only once.
+
+    Each component's size and its overlap with the truth are counted once; a minimum size then only
+    selects components, so the whole row of sizes costs one `ndimage.label`.
+    """
+    mask = probability > threshold
+    truth = truth > 0
+    truth_voxels = int(truth.sum()) + outside
+    labels, component_voxels = label_components(mask)
+    overlap = np.bincount(labels[truth], minlength=len(component_voxels))
+    scores = []
+    for size in sizes:
+        keep = component_voxels >= max(size, 1)
+        keep[0] = False
+        if truth_voxels == 0:
+            scores.append(0.0 if keep.any() else 1.0)
+            continue
+        predicted, hit = int(component_voxels[keep].sum()), int(overlap[keep].sum())
+        scores.append(2.0 * hit / (predicted + truth_voxels))
+    return scores
+
+
+def _preference(threshold: float, size: int) -> tuple[float, int, float]:
+    """Tie-break key (larger wins): threshold nearest 0.5, then the smaller size, then the lower threshold."""
+    return (-round(abs(threshold - 0.5), 9), -size, -threshold)
+
+
+def choose_postprocessing(
+    probabilities: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    subjects: Sequence[str],
+    thresholds: Sequence[float] = THRESHOLDS,
+    sizes: Sequence[int] = SIZES,
+    truth_outside: Sequence[int] | None = None,
+) -> Postprocessing:
+    """Grid search of threshold and minimum size on validation subjects (criterion: module docstring).
+
+    `truth_outside` counts thrombus voxels of each subject that lie outside its arrays (outside the
+    brain box a validation case is cropped to); they can only be missed, as in the training's Dice.
+    """
+    if not (len(probabilities) == len(truths) == len(subjects)):
+        raise ValueError(f"{len(probabilities)} probability maps, {len(truths)} truths and {len(subjects)} subjects: one each")
+    if not probabilities:
+        log.warning("no validation subjects: postprocessing keeps the defaults (threshold 0.5, no size filter)")
+        return Postprocessing()
+    outside = list(truth_outside) if truth_outside is not None else [0] * len(subjects)
+    totals = np.zeros((len(thresholds), len(sizes)))
+    for probability, truth, extra in zip(probabilities, truths, outside):
+        if probability.shape != truth.shape:
+            raise ValueError(f"probability map {probability.shape} and truth {truth.shape} differ in shape")
+        for row, threshold in enumerate(thresholds):
+            totals[row] += _case_scores(probability, truth, int(extra), sizes, float(threshold))
+    means = totals / len(subjects)
+    candidates = [(round(float(means[r, c]), 9), _preference(float(t), int(s)), float(t), int(s))
+                  for r, t in enumerate(thresholds) for c, s in enumerate(sizes)]
+    score, _, threshold, size = max(candidates)
+    chosen = Postprocessing(threshold, size, tuple(subjects), score, CRITERION)
+    log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %d voxels, score %.4f",
+             len(subjects), threshold, size, score)
+    return chosen
+
+
+def calibrate(
+    model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, progress: bool = True
+) -> Postprocessing:
+    """Predict the validation cases as validation does (whole volumes, stride-1 slabs) and choose the settings.
+
+    The model is put in eval mode for the predictions and handed back in the mode it came in.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from thrombus.training.trainer import predict_case
+
+    if not cases:
+        return choose_postprocessing([], [], [])
+    was_training = model.training
+    model.eval()
+    probabilities, truths = [], []
+    try:
+        for case in tqdm(cases, desc="calibrating", unit="subject", leave=False, disable=not progress):
+            logits = predict_case(model, case, slab_depth, batch_size, device)
+            probabilities.append(torch.sigmoid(logits).numpy())
+            truths.append(case.label.numpy())
+    finally:
+        model.train(was_training)
+    outside = [int(case.label_outside) for case in cases]
+    return choose_postprocessing(probabilities, truths, [case.subject for case in cases], truth_outside=outside)
+
