@@ -33,12 +33,16 @@ cohort/demo/samples.tsv: $(STAMP)
 
 demo: $(STAMP) cohort/demo/samples.tsv
 	snakemake --profile profiles/local all
+	snakemake --profile profiles/local --report results/report.html all
+	@for table in results/tables/*.md; do case $$table in *_per_center.md) ;; *) echo; cat $$table;; esac; done
 	@echo
-	@echo "Model-ready stacks:  $(CURDIR)/results/harmonise/<center>/<subject>/stack.nii.gz (+ stack.json)"
-	@echo "QC per subject:      $(CURDIR)/results/qc/<center>/<subject>/preprocess.png"
-	@echo "QC per center:       $(CURDIR)/results/qc/<center>/preprocess.tsv"
-	@echo "Converted volumes:   $(CURDIR)/results/convert/<center>/<subject>/<sequence>.nii.gz"
-	@echo "Cohort truth + QC:   $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
+	@echo "Report (tables, figures, learning curves): $(CURDIR)/results/report.html"
+	@echo "Tables (CSV, Markdown, LaTeX), figures:    $(CURDIR)/results/tables/"
+	@echo "Models, cards, learning curves:            $(CURDIR)/results/models/<experiment>/fold<k>/"
+	@echo "Predictions:                               $(CURDIR)/results/predict/<experiment>/fold<k>/<subset>/"
+	@echo "Model-ready stacks:                        $(CURDIR)/results/harmonise/<center>/<subject>/stack.nii.gz"
+	@echo "QC per subject / per center:               $(CURDIR)/results/qc/"
+	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
 
 test: $(STAMP)
 	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \

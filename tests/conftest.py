@@ -34,6 +34,13 @@ def write_config(path: Path, **values: object) -> Path:
     return path
 
 
+def smoke_config(**values: object) -> dict[str, object]:
+    """config/smoke.yaml (tiny models, a few iterations) with `values` laid over it."""
+    import yaml
+
+    return {**yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()), **values}
+
+
 @pytest.fixture(scope="session")
 def realdata() -> Path:
     """The real scanner data folder named by THROMBUS_REALDATA (`.ci/run` and `make test` set it)."""
@@ -58,9 +65,9 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The workflow run once on the tiny cohort (local profile); its working directory."""
+    """The whole workflow, tables included, run once on the tiny cohort with the smoke config; its working directory."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    config = write_config(workdir / "config.yaml", samples=str(tiny_cohort / "samples.tsv"))
-    done = snakemake(workdir, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=1800)
+    config = write_config(workdir / "config.yaml", **smoke_config(samples=str(tiny_cohort / "samples.tsv")))
+    done = snakemake(workdir, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir

@@ -52,6 +52,13 @@ def test_valid_sheet_builds_the_dag(workdir: Path) -> None:
         ({"colour": "blue"}, "colour"),
         ({"series_patterns": {"swi": "swi("}}, "series_patterns.swi"),
         ({"centers": {"A": {"reference_priority": ["pet"]}}}, "pet"),
+        ({"tables": {"t": {"experiments": ["nosuchexperiment"]}}}, "nosuchexperiment"),
+        ({"experiments": {"x": {"split": "loco", "model": {"architecture": "resnet50"}}}}, "resnet50"),
+        ({"experiments": {"x": {"split": "loco", "train": {"iterationz": 3}}}}, "iterationz"),
+        ({"experiments": {"x": {"split": "loco", "folds": [7]}}, "tables": {"t": {"experiments": ["x"]}}}, "folds"),
+        ({"evaluation": {"subsets": {"s": ["perfusion"]}}, "tables": {"t": {"experiments": ["loco_gmd"], "subsets": ["s"]}}}, "perfusion"),
+        ({"tables": {"t": {"experiments": ["loco_gmd"], "subsets": ["no_such_subset"]}}}, "no_such_subset"),
+        ({"train": {"iterations": 0}}, "iterations"),
     ],
 )
 def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, expected: str) -> None:

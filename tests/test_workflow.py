@@ -121,3 +121,61 @@ def test_bad_subject_fails_alone_with_keep_going(tiny_cohort: Path, tmp_path: Pa
                 assert (tmp_path / "results" / "convert" / row["center"] / row["subject"] / f"{sequence}.nii.gz").exists()
     leftovers = [p for p in (tmp_path / "results").rglob(".*") if p.is_file()]
     assert not leftovers, leftovers
+
+
+def test_tables_and_figures_of_the_smoke_run(tiny_cohort: Path, tiny_run: Path) -> None:
+    """`all` trains, predicts with every subset, evaluates and writes each table in three formats."""
+    import pandas as pd
+    import yaml
+
+    smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    tables = tiny_run / "results" / "tables"
+    for name, settings in smoke["tables"].items():
+        for suffix in (".csv", ".md", ".tex", "_per_center.csv", "_per_center.md", "_per_center.tex", "_subjects.tsv"):
+            assert (tables / f"{name}{suffix}").stat().st_size > 0, (name, suffix)
+        for figure in ("boxplots", "overlays"):
+            assert (tables / "figures" / f"{name}_{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        markdown = (tables / f"{name}.md").read_text()
+        assert "SMOKE RUN" in markdown and "1 voxel" in markdown, markdown
+        overall = pd.read_csv(tables / f"{name}.csv")
+        expected = [(e, s) for e in settings["experiments"] for s in settings["subsets"]]
+        assert list(zip(overall["experiment"], overall["subset"])) == expected
+        rows = pd.read_csv(tables / f"{name}_subjects.tsv", sep="\t")
+        assert set(rows["subset"]) == set(settings["subsets"])
+    # leave one center out: every labelled subject is tested once per subset, on its own center's fold
+    loco = pd.read_csv(tables / "multicentric_subjects.tsv", sep="\t")
+    sheet = read_sheet(tiny_cohort / "samples.tsv")
+    labelled = sheet[sheet["thrombus"].isin(["0", "1"])]
+    assert sorted(loco[loco["subset"] == "all"]["subject"]) == sorted(labelled["subject"])
+    per_center = pd.read_csv(tables / "multicentric_per_center.csv")
+    assert set(per_center["center"]) == {*labelled["center"], "all"}
+
+
+def test_missing_sequences_are_removed_at_test_time(tiny_run: Path) -> None:
+    """The subset without susceptibility really ran without it: its availability says so."""
+    records = list((tiny_run / "results" / "predict" / "loco_gmd").glob("fold*/no_susceptibility/*/*/record.json"))
+    assert records
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["availability"]["susceptibility"] == 0, path
+        full = json.loads(Path(str(path).replace("/no_susceptibility/", "/all/")).read_text())
+        assert full["availability"]["susceptibility"] == 1
+    for path in (tiny_run / "results" / "models").glob("*/fold*/model_card.json"):
+        card = json.loads(path.read_text())
+        assert card["channels"] == ["susceptibility", "dwi", "adc", "flair"] and "postprocessing" in card
+
+
+@pytest.mark.slow
+def test_tables_are_byte_identical_when_rerun(tiny_run: Path, tmp_path: Path) -> None:
+    """Same config and data: models retrained from scratch, predictions and tables byte for byte the same."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    for folder in ("models", "predict", "evaluation", "tables"):
+        shutil.rmtree(copy / "results" / folder)
+    done = snakemake(copy, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(copy / "config.yaml"), timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    compared = 0
+    for path in sorted((tiny_run / "results" / "tables").glob("*.*")):
+        assert path.read_bytes() == (copy / "results" / "tables" / path.name).read_bytes(), path.name
+        compared += 1
+    assert compared >= 9

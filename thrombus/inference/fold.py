@@ -84,10 +84,13 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
 def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_name: str) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from thrombus.inference.predict import PredictRequest, predict_subject
+    from thrombus.inference.predict import PredictRequest, load_model, predict_subject
     from thrombus.nifti import VolumeError
 
     card_channels = _card_channels(request.checkpoint)
+    # Loaded once for the fold: the harmonisation is checked here (a mismatch fails the whole fold),
+    # each subject's channels again in predict_subject.
+    loaded = load_model(request.checkpoint, card_channels, request.harmonise, f"fold {request.fold}")
     listing: dict[str, Any] = {
         "checkpoint": str(request.checkpoint),
         "fold": request.fold,
@@ -108,7 +111,7 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
                     summary=stack_dir / "stack.json",
                     postprocessing=request.postprocessing,
                     harmonise=request.harmonise,
-                    keep=kept_channels(card_channels, request.subsets[subset]),
+                    keep=tuple(kept_channels(card_channels, request.subsets[subset])),
                     out_probability=folder / "probability.nii.gz",
                     out_mask=folder / "mask.nii.gz",
                     out_record=folder / "record.json",
@@ -116,8 +119,10 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
                     center=s.center,
                     threads=request.threads,
                     device=request.device,
-                )
+                ),
+                loaded,
             )
+            _relocate(record, folder, subject_folder(request.out_dir, subset, s.center, s.subject))
             entry.update(status="ok", components=record.get("components"))
         except (VolumeError, FileNotFoundError, ValueError) as error:
             if _is_model_error(error):
@@ -126,6 +131,12 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
             entry.update(status="failed", error=str(error))
         listing["predictions"].append(entry)
     return listing
+
+
+def _relocate(record: dict[str, Any], staged: Path, final: Path) -> None:
+    """Point the record's output paths at where the files will be once the folder is renamed."""
+    record["outputs"] = {key: str(final / Path(path).name) for key, path in record["outputs"].items()}
+    write_json(staged / "record.json", record)
 
 
 def _card_channels(checkpoint: Path) -> list[str]:
