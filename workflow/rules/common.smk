@@ -293,8 +293,10 @@ def infer_inputs(wildcards):
 
 
 def infer_mem_mb(wildcards, input, attempt):
-    """One subject's stack at a time (a few times its compressed size) on top of the network."""
-    return int((1500 + 2 * max(input.size_mb / max(len(LABELLED), 1), 1) * 4) * attempt)
+    """The network, plus one subject's stack at a time (about 8x its compressed size as float tensors,
+    probability map and slabs); doubled on a retry."""
+    stack_mb = input.size_mb / max(len(LABELLED), 1)
+    return int((1500 + 8 * stack_mb) * attempt)
 
 
 def experiment_subsets(wildcards):
