@@ -54,6 +54,25 @@ def ordered(summary: pd.DataFrame, experiments: Sequence[str], subsets: Sequence
     return keys.drop(columns=["_e", "_s", "_c"]).reset_index(drop=True)
 
 
+def summarise_blocks(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per center and pooled ("all") within each experiment and subset.
+
+    Each block is summarised on "center" alone: `summarise` reserves "all" in every grouping column, and
+    "all" is the name of the config's default subset (every sequence kept).
+    """
+    from thrombus.evaluation.tables import summarise
+
+    parts = []
+    for (experiment, subset), block in rows.groupby(["experiment", "subset"], sort=True):
+        part = summarise(block, "center")
+        part.insert(0, "subset", str(subset))
+        part.insert(0, "experiment", str(experiment))
+        parts.append(part)
+    if not parts:
+        return summarise(rows, ["experiment", "subset", "center"])
+    return pd.concat(parts, ignore_index=True)
+
+
 def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> list[str]:
     """The matching rule, the failures, and a warning when the models are smoke-run models."""
     from thrombus.evaluation.tables import MATCHING_RULE
@@ -80,12 +99,16 @@ def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> lis
 def assemble_table(request: TableRequest) -> list[Path]:
     """Write the overall and per-center tables, the per-subject rows, the box plots and the overlays."""
     from thrombus.evaluation.fold import read_folds
-    from thrombus.evaluation.tables import ALL, summarise, write_table
+    from thrombus.evaluation.tables import ALL, write_table
 
     rows = read_folds(request.evaluations, request.subsets)
     records = [read_json(path) for path in request.records]
+    # A fold is predicted with the subsets of every table showing its experiment; this table's notes name
+    # only the failures of the subsets it shows.
+    shown = set(request.subsets)
+    records = [{**record, "failures": [f for f in record.get("failures", []) if f.get("subset") in shown]} for record in records]
     notes = table_notes(records, rows)
-    per_center = ordered(summarise(rows, ["experiment", "subset", "center"]), request.experiments, request.subsets)
+    per_center = ordered(summarise_blocks(rows), request.experiments, request.subsets)
     overall = per_center[per_center["center"] == ALL].drop(columns=["center"]).reset_index(drop=True)
     out = request.out_dir
     written = write_table(overall, out / request.name, request.title, notes)
@@ -121,7 +144,25 @@ def draw_overlays(request: TableRequest, rows: pd.DataFrame, target: Path) -> Pa
             row = rows[rows["subject"] == subject].iloc[0]
             cases.append(overlay_case(request, row, role, truths.get(subject) or None))
     title = f"{request.title}: {request.experiments[0]}, subset {request.subsets[0]}"
+    if not cases:
+        # The rule still expects the file: say why there is nothing to draw.
+        why = "overlays turned off (evaluation.overlays: false)" if not request.overlays else "no thrombus-positive case was scored"
+        return placeholder_figure(target, title, why)
     return Path(overlay_cases(cases, target, title))
+
+
+def placeholder_figure(target: Path, title: str, text: str) -> Path:
+    """A small figure holding only a title and a line of text."""
+    from thrombus.evaluation.figures import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    path = _save(fig, target)
+    plt.close(fig)
+    return path
 
 
 def overlay_case(request: TableRequest, row: pd.Series, role: str, truth_path: str | None) -> Any:

@@ -76,7 +76,9 @@ def write_fold(result: FoldEvaluation, table: Path, record: Path, extra: Mapping
 
 def read_folds(tables: Sequence[Path], subsets: Sequence[str]) -> pd.DataFrame:
     """The rows of several folds, restricted to `subsets`, in a stable order."""
-    frames = [pd.read_csv(path, sep="\t") for path in tables]
+    # Identifiers stay text, as the sheet has them: center "01" or subject "007" must not become numbers.
+    text = {column: str for column in KEY_COLUMNS if column != "fold"}
+    frames = [pd.read_csv(path, sep="\t", dtype=text) for path in tables]
     frames = [frame for frame in frames if not frame.empty]
     if not frames:
         return pd.DataFrame(columns=list(KEY_COLUMNS))

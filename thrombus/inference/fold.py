@@ -13,15 +13,19 @@ Layout: `<out>/<subset>/<center>/<subject>/{probability,mask}.nii.gz` and `recor
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nibabel.filebasedimages import ImageFileError
 
 from thrombus.io import PathLike, write_json
 
@@ -124,13 +128,22 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
             )
             _relocate(record, folder, subject_folder(request.out_dir, subset, s.center, s.subject))
             entry.update(status="ok", components=record.get("components"))
-        except (VolumeError, FileNotFoundError, ValueError) as error:
+        except (VolumeError, FileNotFoundError, ValueError, *_UNREADABLE) as error:
             if _is_model_error(error):
                 raise
-            log.error("fold %d, subset %s, subject %s (center %s): %s", request.fold, subset, s.subject, s.center, error)
-            entry.update(status="failed", error=str(error))
+            message = str(error)
+            if isinstance(error, _UNREADABLE):
+                message = (f"subject {s.subject} (center {s.center}): stack {stack_dir / 'stack.nii.gz'} cannot be read "
+                           f"({type(error).__name__}: {error}); rerun harmonisation for this subject")
+            log.error("fold %d, subset %s, subject %s (center %s): %s", request.fold, subset, s.subject, s.center, message)
+            entry.update(status="failed", error=message)
         listing["predictions"].append(entry)
     return listing
+
+
+#: How a damaged stack.nii.gz fails when it is read (truncated or not gzip at all, not NIfTI): that
+#: subject's failure, not the fold's. Other OS errors (a full disk) still stop the fold.
+_UNREADABLE: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error, ImageFileError)
 
 
 def _relocate(record: dict[str, Any], staged: Path, final: Path) -> None:
