@@ -179,3 +179,17 @@ def test_tables_are_byte_identical_when_rerun(tiny_run: Path, tmp_path: Path) ->
         assert path.read_bytes() == (copy / "results" / "tables" / path.name).read_bytes(), path.name
         compared += 1
     assert compared >= 9
+
+
+def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, tiny_run: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    done = snakemake(tiny_run, "--configfile", str(tiny_run / "config.yaml"), "--report", str(report), timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    html = report.read_text(errors="replace")
+    for name in ("multicentric.csv", "ablation_overlays.png", "learning_curves.png", "Matching rule"):
+        assert name in html, name
+    identifiers = json.loads((tiny_cohort / "identifiers.json").read_text())["subjects"]
+    for person in identifiers:
+        for part in person["PatientName"].split("^"):
+            if len(part) >= 4 and part != "SYNTH":
+                assert part not in html, part

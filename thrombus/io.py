@@ -20,12 +20,21 @@ import numpy as np
 PathLike = str | os.PathLike[str]
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     The suffix of the temporary file matches the target's (``.nii.gz`` included), so writers that pick
-    a format from the file name behave as they would on the real name.
+    a format from the file name behave as they would on the real name. The file gets the permissions
+    of an ordinary new file (0666 less the umask), not mkstemp's private 0600, so that a group sharing
+    a cluster project can read the results.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +47,7 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

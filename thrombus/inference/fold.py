@@ -27,7 +27,7 @@ from typing import Any
 
 from nibabel.filebasedimages import ImageFileError
 
-from thrombus.io import PathLike, write_json
+from thrombus.io import PathLike, current_umask, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
     try:
         listing = _predict_all(request, [by_id[s] for s in fold["test"]], staging, fold["name"])
         write_json(staging / "predictions.json", listing)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's folder is private
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -86,7 +87,7 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
 
 
 def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_name: str) -> dict[str, Any]:
-    from tqdm import tqdm
+    from thrombus.progress import progress
 
     from thrombus.inference.predict import PredictRequest, load_model, predict_subject
     from thrombus.nifti import VolumeError
@@ -103,7 +104,7 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
         "predictions": [],
     }
     jobs = [(subset, s) for subset in sorted(request.subsets) for s in test]
-    for subset, s in tqdm(jobs, desc="predicting", unit="case", disable=None):
+    for subset, s in progress(jobs, desc="predicting", unit="case"):
         folder = subject_folder(staging, subset, s.center, s.subject)
         stack_dir = request.stacks_root / "results" / "harmonise" / s.center / s.subject
         entry = {"subset": subset, "subject": s.subject, "center": s.center}

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from thrombus.io import atomic_path, write_json, write_text
 from thrombus.model import ModelConfig, build_model, count_parameters
 from thrombus.options import check_known_keys
+from thrombus.progress import progress
 from thrombus.provenance import package_versions
 from thrombus.training.card import load_checkpoint, save_checkpoint
 from thrombus.training.data import AugmentOptions, Case, IterationSampler, SlabDataset, SlabOptions, crop_padded
@@ -439,9 +439,7 @@ class Trainer:
         """Train up to `iterations` (or `stop_after`), validating and checkpointing on the way."""
         options = self.options
         stop = min(options.iterations, self.run.stop_after or options.iterations)
-        bar = tqdm(
-            total=stop, initial=self.iteration, desc="training", unit="it", disable=not self.run.progress, dynamic_ncols=True
-        )
+        bar = progress(total=stop, initial=self.iteration, desc="training", unit="it", disable=not self.run.progress)
         self.model.train()
         started = time.perf_counter() - self.seconds
         for batch in batches(self.run, self.iteration, stop, self.device):

@@ -1,5 +1,6 @@
 # Bookkeeping done once: config and sample-sheet validation, wildcard constraints, input functions.
 import json
+import os
 import shlex
 
 from snakemake.utils import validate
@@ -38,8 +39,43 @@ def all_targets():
     With `--config center=X` only that center's preprocessing: models and tables need every center.
     """
     if config.get("center") or not EXPERIMENTS:
-        return preprocess_targets()
-    return preprocess_targets() + table_targets()
+        return preprocess_targets() + prediction_targets()
+    return preprocess_targets() + table_targets() + prediction_targets()
+
+
+def unlabelled_subjects():
+    """Subjects of the run without a thrombus label: new data to predict, never trained or scored on."""
+    return [s for s in SUBJECTS.values() if s.thrombus not in ("0", "1")]
+
+
+def prediction_targets():
+    """The masks of the unlabelled subjects, when a model for them is configured and can exist."""
+    if not unlabelled_subjects() or not (config["inference"]["checkpoint"] or EXPERIMENTS):
+        return []
+    return [f"results/predictions/{s.center}/{s.subject}/mask.nii.gz" for s in unlabelled_subjects()]
+
+
+def inference_model():
+    """The checkpoint and postprocessing file that predict new data (checked against the config at start-up)."""
+    settings = config["inference"]
+    if settings["checkpoint"]:
+        weights = settings["checkpoint"]
+        return {"checkpoint": weights, "postprocessing": os.path.join(os.path.dirname(weights), "postprocessing.json")}
+    experiment = EXPERIMENTS.get(settings["experiment"])
+    if experiment is None or settings["fold"] not in experiment.folds:
+        raise ValueError(
+            f"inference: experiment {settings['experiment']!r} fold {settings['fold']} is not among the configured "
+            f"experiments and folds ({', '.join(f'{e.name} {list(e.folds)}' for e in EXPERIMENTS.values())}); "
+            "set inference.experiment / inference.fold, or inference.checkpoint"
+        )
+    folder = f"results/models/{experiment.name}/fold{settings['fold']}"
+    return {"checkpoint": f"{folder}/best.pt", "postprocessing": f"{folder}/postprocessing.json"}
+
+
+def predict_inputs(wildcards):
+    s = ALL_SUBJECTS[wildcards.subject]
+    stack = f"results/harmonise/{s.center}/{s.subject}"
+    return {"stack": f"{stack}/stack.nii.gz", "summary": f"{stack}/stack.json", **inference_model()}
 
 
 def table_targets():

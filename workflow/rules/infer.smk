@@ -85,3 +85,28 @@ rule tables:
         "thrombus tables --table {wildcards.table} --title {params.title:q} --experiments {params.experiments}"
         " --subsets {params.subsets} --evaluations {input.evaluations:q} --records {input.records:q}"
         " --sheet {params.sheet:q} --stacks-root . --options {params.options:q} --out-dir results/tables 2> {log:q}"
+
+
+rule predict:
+    """A subject without a label (new data): probability map and mask from the configured model."""
+    input:
+        unpack(predict_inputs),
+    output:
+        probability="results/predictions/{center}/{subject}/probability.nii.gz",
+        mask="results/predictions/{center}/{subject}/mask.nii.gz",
+        record="results/predictions/{center}/{subject}/record.json",
+    log:
+        "logs/predict/{center}/{subject}.log",
+    params:
+        harmonise=json.dumps(config["harmonise"], sort_keys=True),
+    threads: config["threads"]["infer"]
+    resources:
+        mem_mb=infer_mem_mb,
+        runtime=15,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus predict --subject {wildcards.subject} --center {wildcards.center} --checkpoint {input.checkpoint:q}"
+        " --postprocessing {input.postprocessing:q} --stack {input.stack:q} --summary {input.summary:q}"
+        " --harmonise {params.harmonise:q} --out-probability {output.probability:q} --out-mask {output.mask:q}"
+        " --record {output.record:q} --threads {threads} 2> {log:q}"

@@ -65,4 +65,4 @@ rule train:
     shell:
         "thrombus train --sheet {params.sheet:q} --stacks-root . --splits {input.splits:q} --fold {wildcards.fold}"
         " --options {params.options:q} --harmonise {params.harmonise:q} --out-dir {params.out_dir:q}"
-        " --threads {threads} --seed {params.seed} --quiet {params.resume} 2> {log:q}"
+        " --threads {threads} --seed {params.seed} {params.resume} 2> {log:q}"
