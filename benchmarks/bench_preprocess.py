@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_skullstrip  # noqa: E402  (a sibling script, not a package)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,3 +14,16 @@ def check_known_keys(cls: type, values: Mapping[str, Any], section: str, also_kn
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {section} config keys {unknown}: the known keys are {sorted(known | set(also_known))}")
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """A JSON object given on the command line (a config section), with an error that names the option."""
+    from thrombus.samples import ConfigError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{what} is not valid JSON ({error}): {text[:200]}") from error
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {text[:200]}")
+    return value

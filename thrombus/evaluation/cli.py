@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
+
+from thrombus.options import json_object
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +15,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from thrombus.evaluation.fold import evaluate_fold, write_fold
     from thrombus.io import read_json
 
-    options = json.loads(args.options)
+    options = json_object(args.options, "--options")
     result = evaluate_fold(Path(args.sheet), Path(args.predictions), args.experiment, args.fold, options)
     card = read_json(args.card) if args.card else {}
     extra = {
@@ -34,7 +35,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_tables(args: argparse.Namespace) -> int:
     from thrombus.evaluation.assemble import TableRequest, assemble_table
 
-    options = json.loads(args.options)
+    options = json_object(args.options, "--options")
     request = TableRequest(
         name=args.table,
         title=args.title,

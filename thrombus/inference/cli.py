@@ -7,26 +7,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
+
+from thrombus.options import json_object
 
 log = logging.getLogger(__name__)
 
 
 def _harmonise(text: str | None) -> dict | None:
     """The --harmonise JSON object, or None when the option is absent (no harmonisation check)."""
-    from thrombus.inference.predict import InferenceError
-
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InferenceError(f"--harmonise is not valid JSON ({error}): {text[:200]}") from error
-    if not isinstance(value, dict):
-        raise InferenceError(f"--harmonise must be a JSON object (the config's harmonise section), got {text[:200]}")
-    return value
+    return None if text is None else json_object(text, "--harmonise")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

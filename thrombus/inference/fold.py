@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 from nibabel.filebasedimages import ImageFileError
 
 from thrombus.io import PathLike, current_umask, write_json
+from thrombus.options import json_object
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ def _cmd_predict_fold(args: argparse.Namespace) -> int:
         stacks_root=Path(args.stacks_root),
         checkpoint=Path(args.checkpoint),
         postprocessing=Path(args.postprocessing) if args.postprocessing else None,
-        harmonise=json.loads(args.harmonise) if args.harmonise else None,
-        subsets=json.loads(args.subsets),
+        harmonise=json_object(args.harmonise, "--harmonise") if args.harmonise else None,
+        subsets=json_object(args.subsets, "--subsets"),
         out_dir=Path(args.out_dir),
         threads=args.threads,
         device=args.device,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from thrombus.io import PathLike, atomic_path, read_json, write_text
+from thrombus.io import PathLike, atomic_path, read_json
 
 #: Robust z-score (median / MAD) beyond which a value is flagged as an outlier of its center.
 OUTLIER_Z = 3.5

@@ -7,11 +7,12 @@ the commands so that `thrombus --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from thrombus.options import json_object
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +20,6 @@ log = logging.getLogger(__name__)
 SPLIT_KEYS: tuple[str, ...] = ("val_fraction", "test_fraction")
 #: Keys of the `train` section the workflow uses (which experiments and folds to run, resuming).
 WORKFLOW_KEYS: tuple[str, ...] = ("experiments", "resume")
-
-
-def _section(text: str, what: str) -> dict[str, Any]:
-    """A JSON object given on the command line, with an error that names the option."""
-    from thrombus.samples import ConfigError
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{what} is not valid JSON ({error}): {text[:200]}") from error
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what} must be a JSON object, got {text[:200]}")
-    return value
 
 
 def _split_options(train_section: Mapping[str, Any]) -> Any:
@@ -44,7 +32,7 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     from thrombus.samples import read_sheet, subjects
     from thrombus.training.splits import SplitsError, ensure_splits, labelled_subjects
 
-    train_section = _section(args.options, "--options")
+    train_section = json_object(args.options, "--options")
     try:
         labelled = labelled_subjects(subjects(read_sheet(args.sheet), {}))
         ensure_splits(args.out, labelled, args.experiment, args.seed, _split_options(train_section))
@@ -92,8 +80,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from thrombus.training.splits import SplitsError, fold_of, labelled_subjects, read_splits
     from thrombus.training.trainer import TrainRun, train
 
-    sections = _section(args.options, "--options")
-    harmonise = _section(args.harmonise, "--harmonise")
+    sections = json_object(args.options, "--options")
+    harmonise = json_object(args.harmonise, "--harmonise")
     model = _model_config(sections.get("model", {}), harmonise)
     options = _train_options(sections.get("train", {}))
     by_id = {s.subject: s for s in subjects(read_sheet(args.sheet), {})}
