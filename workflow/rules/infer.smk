@@ -10,7 +10,7 @@ rule infer:
         fold="[0-9]+",
     params:
         sheet=config["samples"],
-        harmonise=json.dumps(config["harmonise"], sort_keys=True),
+        harmonise=json.dumps(config["harmonise"]),
         subsets=experiment_subsets,
     threads: config["threads"]["infer"]
     resources:
@@ -98,7 +98,7 @@ rule predict:
     log:
         "logs/predict/{center}/{subject}.log",
     params:
-        harmonise=json.dumps(config["harmonise"], sort_keys=True),
+        harmonise=json.dumps(config["harmonise"]),
     threads: config["threads"]["infer"]
     resources:
         mem_mb=infer_mem_mb,

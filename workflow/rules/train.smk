@@ -52,7 +52,8 @@ rule train:
     params:
         sheet=config["samples"],
         options=train_options,
-        harmonise=json.dumps(config["harmonise"], sort_keys=True),
+        # not key-sorted: the order of harmonise.channels is the stacks' channel order, the model's too
+        harmonise=json.dumps(config["harmonise"]),
         seed=config["seed"],
         resume=resume_flag,
         out_dir="results/models/{experiment}/fold{fold}",
