@@ -355,3 +355,12 @@ def test_figures_are_written(tmp_path: Path) -> None:
     overlay = overlay_cases(cases, tmp_path / "overlay.png", "Center A")
     assert overlay.stat().st_size > 1000
     assert not list(tmp_path.glob(".*"))
+
+
+def test_only_the_pooled_column_reserves_all() -> None:
+    """"all" is the default subset's name: fine in a leading column, refused in the pooled one."""
+    records = _records().assign(subset="all")
+    summary = summarise(records, group=["subset", "center"])
+    assert list(zip(summary["subset"], summary["center"])) == [("all", "A"), ("all", "B"), ("all", "all")]
+    with pytest.raises(ValueError, match="reserved"):
+        summarise(records.assign(center="all"), group=["subset", "center"])

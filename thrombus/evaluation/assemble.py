@@ -54,25 +54,6 @@ def ordered(summary: pd.DataFrame, experiments: Sequence[str], subsets: Sequence
     return keys.drop(columns=["_e", "_s", "_c"]).reset_index(drop=True)
 
 
-def summarise_blocks(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per center and pooled ("all") within each experiment and subset.
-
-    Each block is summarised on "center" alone: `summarise` reserves "all" in every grouping column, and
-    "all" is the name of the config's default subset (every sequence kept).
-    """
-    from thrombus.evaluation.tables import summarise
-
-    parts = []
-    for (experiment, subset), block in rows.groupby(["experiment", "subset"], sort=True):
-        part = summarise(block, "center")
-        part.insert(0, "subset", str(subset))
-        part.insert(0, "experiment", str(experiment))
-        parts.append(part)
-    if not parts:
-        return summarise(rows, ["experiment", "subset", "center"])
-    return pd.concat(parts, ignore_index=True)
-
-
 def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> list[str]:
     """The matching rule, the failures, and a warning when the models are smoke-run models."""
     from thrombus.evaluation.tables import MATCHING_RULE
@@ -99,7 +80,7 @@ def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> lis
 def assemble_table(request: TableRequest) -> list[Path]:
     """Write the overall and per-center tables, the per-subject rows, the box plots and the overlays."""
     from thrombus.evaluation.fold import read_folds
-    from thrombus.evaluation.tables import ALL, write_table
+    from thrombus.evaluation.tables import ALL, summarise, write_table
 
     rows = read_folds(request.evaluations, request.subsets)
     records = [read_json(path) for path in request.records]
@@ -108,7 +89,7 @@ def assemble_table(request: TableRequest) -> list[Path]:
     shown = set(request.subsets)
     records = [{**record, "failures": [f for f in record.get("failures", []) if f.get("subset") in shown]} for record in records]
     notes = table_notes(records, rows)
-    per_center = ordered(summarise_blocks(rows), request.experiments, request.subsets)
+    per_center = ordered(summarise(rows, ["experiment", "subset", "center"]), request.experiments, request.subsets)
     overall = per_center[per_center["center"] == ALL].drop(columns=["center"]).reset_index(drop=True)
     out = request.out_dir
     written = write_table(overall, out / request.name, request.title, notes)

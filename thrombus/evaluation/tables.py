@@ -129,8 +129,10 @@ def _prepare(records: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     for column in groups:
         frame[column] = frame[column].astype(str)
-        if (frame[column] == ALL).any():
-            raise ValueError(f"summarise: a value of {column!r} is {ALL!r}, which is reserved for the pooled row")
+    pooled = groups[-1]
+    if (frame[pooled] == ALL).any():
+        # only the pooled column gets an "all" row; a leading column may hold "all" (the default subset)
+        raise ValueError(f"summarise: a value of {pooled!r} is {ALL!r}, which is reserved for the pooled row")
     return frame
 
 
