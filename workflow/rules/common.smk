@@ -36,9 +36,12 @@ def converted(subject):
 def all_targets():
     """Preprocessed stacks and QC of every center, and the result tables.
 
-    With `--config center=X` only that center's preprocessing: models and tables need every center.
+    With `--config center=X` only that center's preprocessing: models and tables need every center,
+    and a run for one center must not touch the others.
     """
-    if config.get("center") or not EXPERIMENTS:
+    if config.get("center"):
+        return preprocess_targets()
+    if not EXPERIMENTS:
         return preprocess_targets() + prediction_targets()
     return preprocess_targets() + table_targets() + prediction_targets()
 
