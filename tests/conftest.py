@@ -63,11 +63,26 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def with_unlabelled_subject(sheet: Path, target: Path) -> Path:
+    """The sheet plus N001, a copy of center A's first subject without a label: new data to predict."""
+    import pandas as pd
+
+    from thrombus.samples import read_sheet
+
+    rows = read_sheet(sheet)
+    new = rows[rows["center"] == "A"].iloc[0].copy()
+    new["subject"], new["thrombus"], new["thrombus_mask"], new["infarct_mask"] = "N001", "", "", ""
+    pd.concat([rows, new.to_frame().T], ignore_index=True).to_csv(target, sep="\t", index=False)
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole workflow, tables included, run once on the tiny cohort with the smoke config; its working directory."""
+    """The whole workflow, tables included, run once on the tiny cohort (plus one unlabelled subject) with
+    the smoke config; its working directory."""
     workdir = tmp_path_factory.mktemp("tiny_run")
-    config = write_config(workdir / "config.yaml", **smoke_config(samples=str(tiny_cohort / "samples.tsv")))
+    sheet = with_unlabelled_subject(tiny_cohort / "samples.tsv", workdir / "samples.tsv")
+    config = write_config(workdir / "config.yaml", **smoke_config(samples=str(sheet)))
     done = snakemake(workdir, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir

@@ -192,3 +192,15 @@ def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, tiny_
         for part in person["PatientName"].split("^"):
             if len(part) >= 4 and part != "SYNTH":
                 assert part not in html, part
+
+
+def test_new_subject_without_label_is_predicted_not_trained_on(tiny_run: Path) -> None:
+    """The unlabelled row of the run's sheet (new data) is predicted by the configured model and never split."""
+    folder = tiny_run / "results" / "predictions" / "A" / "N001"
+    record = json.loads((folder / "record.json").read_text())
+    assert record["checkpoint"] == "results/models/loco_gmd/fold0/best.pt"
+    assert nib.load(folder / "mask.nii.gz").shape == nib.load(folder / "probability.nii.gz").shape
+    for split in ("loco", "monocentric"):
+        document = json.loads((tiny_run / "results" / "splits" / f"{split}.json").read_text())
+        assert "N001" not in document["subjects"]
+    assert not list((tiny_run / "results" / "predict").rglob("N001"))
