@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "slurm"
 SITE_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+WORKFLOW_PROFILE = REPO / "profiles" / "default" / "config.yaml"
 DEFAULT_DIR = "/tmp/thrombus-slurm"
 
 # sacct states after which a job does not change any more
@@ -70,6 +71,38 @@ def skip_reason() -> str | None:
 def _run_id(output: str) -> str | None:
     m = re.search(r"SLURM run ID: (\S+)", output)
     return m.group(1) if m else None
+
+
+def submitted_jobs(output: str) -> dict[str, tuple[str, str]]:
+    """SLURM job id -> (rule, sbatch log path) of every job the plugin submitted, from Snakemake's output."""
+    found = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.?$", output, flags=re.M)
+    jobs = {}
+    for job_id, log in found:
+        m = re.search(r"/rule_([^/]+)/", log)
+        jobs[job_id] = (m.group(1) if m else "?", log)
+    return jobs
+
+
+def finished_rules(output: str) -> dict[str, int]:
+    """How many jobs of each rule Snakemake reported finished (local and submitted ones)."""
+    counts: dict[str, int] = {}
+    for rule in re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)", output, flags=re.M):
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
+
+
+def local_rules(output: str) -> dict[str, int]:
+    """How many jobs of each rule Snakemake ran on the submit host (`localrule X:` blocks)."""
+    counts: dict[str, int] = {}
+    for rule in re.findall(r"^localrule (\w+):", output, flags=re.M):
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
+
+
+def rule_of(row: dict[str, str]) -> str:
+    """The rule of a sacct row: the plugin's --comment is `rule_<name>` or `rule_<name>_wildcards_<...>`."""
+    comment = row.get("Comment", "")
+    return comment.removeprefix("rule_").split("_wildcards")[0]
 
 
 @dataclasses.dataclass
@@ -118,8 +151,8 @@ class SlurmCluster:
         Waits up to WAIT_FINAL seconds until every job is in a final state (slurmdbd is written
         asynchronously).
         """
-        fields = ["JobID", "JobName", "Comment", "State", "ExitCode", "ReqTRES", "AllocTRES", "Account",
-                  "Partition", "Timelimit"]
+        fields = ["JobID", "JobName", "Comment", "State", "ExitCode", "ReqTRES", "AllocTRES", "NCPUS", "Elapsed",
+                  "Account", "Partition", "Timelimit"]
         deadline = time.monotonic() + wait_final
         while True:
             proc = self.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-6hours", "--name", run_id,
@@ -133,6 +166,12 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 return rows
             time.sleep(1)
+
+    def node_cpus(self) -> int:
+        """CPUs of the (single) node, as slurmctld knows them."""
+        proc = self.run(["sinfo", "-h", "-N", "-o", "%c"])
+        assert proc.returncode == 0 and proc.stdout.split(), f"sinfo failed: {proc.stderr}"
+        return min(int(c) for c in proc.stdout.split())
 
     def diagnostics(self) -> str:
         """Log tails for assertion messages."""
@@ -168,6 +207,27 @@ def write_slurm_profile(dest: Path, cluster: SlurmCluster, **overrides) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
     return dest
+
+
+def write_workflow_profile(dest: Path, max_cpus_per_gpu: int) -> tuple[Path, dict[str, int]]:
+    """A copy of the shipped workflow profile (profiles/default/config.yaml) whose `cpus_per_gpu` entries
+    are lowered to at most MAX_CPUS_PER_GPU, written to DEST/config.yaml, for `--workflow-profile DEST`.
+
+    Everything else (`gpu: 1` in particular) stays as shipped. Returns DEST and rule -> cpus_per_gpu used.
+    Why a whole workflow profile: `--set-resources` on the command line replaces the workflow profile's
+    set-resources as a whole (the rules would lose `gpu: 1`), and set-resources in a site profile are
+    replaced by the workflow profile's.
+    """
+    prof = yaml.safe_load(WORKFLOW_PROFILE.read_text())
+    used = {}
+    for rule, res in (prof.get("set-resources") or {}).items():
+        if "cpus_per_gpu" in res:
+            res["cpus_per_gpu"] = min(int(res["cpus_per_gpu"]), max_cpus_per_gpu)
+            used[rule] = res["cpus_per_gpu"]
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return dest, used
 
 
 def start_cluster(scratch: str | os.PathLike | None = None, timeout: int = 900) -> SlurmCluster:

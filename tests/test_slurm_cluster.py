@@ -4,7 +4,7 @@ The cluster (tests/slurm_cluster.py) is a single node on loopback with slurmdbd 
 and one advertised fake GPU, started by scripts/slurm/start-cluster.sh. A tiny workflow written
 into tmp_path runs with a profile made from profiles/slurm/config.yaml; sacct then shows
 that every job went through sbatch, that the GPU rule asked for a GPU and that a failing job is
-FAILED. About 1 minute once the packages are installed (first run on a fresh Debian machine:
+FAILED; a GPU job asking more CPUs per GPU than the node has is refused by sbatch, with its message. About 1 minute once the packages are installed (first run on a fresh Debian machine:
 plus the apt-get install).
 """
 
@@ -46,6 +46,11 @@ rule boom:
     output: "results/boom.txt"
     resources: mem_mb=300, runtime=5
     shell: "echo 'boom: failing on purpose' >&2; exit 3"
+
+rule greedy:
+    output: "results/greedy.txt"
+    resources: mem_mb=300, runtime=5
+    shell: "echo greedy > {output}"
 '''
 
 
@@ -118,6 +123,26 @@ def test_failing_job_is_failed_in_sacct(slurm_cluster, tmp_path):
     # the SLURM log of the failed job is kept and shows the job's own message
     logs = list((wd / "logs" / "slurm" / "rule_boom").rglob("*.log"))
     assert logs and "failing on purpose" in logs[0].read_text(), logs
+
+
+@pytest.mark.slurm
+def test_gpu_job_asking_more_cpus_than_the_node_is_refused(slurm_cluster, tmp_path):
+    """cpus_per_gpu above the node's CPUs (profiles/default/ asks 4; the test node has 2): sbatch refuses the
+    job at submission, and Snakemake stops with sbatch's message (why test_slurm_workflow lowers it)."""
+    cluster = slurm_cluster
+    wd, profile = _workflow(tmp_path, cluster)
+    too_many = cluster.node_cpus() + 1
+    run = cluster.snakemake(["--profile", str(profile), "-s", "Snakefile", "--set-resources", "greedy:gpu=1",
+                             f"greedy:cpus_per_gpu={too_many}", "--", "results/greedy.txt"], cwd=wd, timeout=120)
+    print(f"\nsnakemake (GPU job with cpus_per_gpu={too_many}) took {run.seconds:.1f}s")
+    assert run.returncode not in (0, 124, 137), _fail_msg(run, cluster)
+    assert "Error in rule greedy" in run.output and "SLURM sbatch failed" in run.output, _fail_msg(run, cluster)
+    assert "Requested node configuration is not available" in run.output, _fail_msg(run, cluster)
+    assert not (wd / "results/greedy.txt").exists()
+    # slurmdbd may record the refused submission as FAILED, never allocated; it never ran
+    assert run.run_id, _fail_msg(run, cluster)
+    rows = cluster.sacct_run(run.run_id, wait_final=5)
+    assert all(r["State"] == "FAILED" and not r["AllocTRES"] for r in rows), rows
 
 
 def test_install_profile(tmp_path):
