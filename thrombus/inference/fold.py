@@ -89,13 +89,14 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
 def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_name: str) -> dict[str, Any]:
     from thrombus.progress import progress
 
-    from thrombus.inference.predict import PredictRequest, load_model, predict_subject
+    from thrombus.inference.predict import PredictRequest, harmonise_expected, predict_subject
     from thrombus.nifti import VolumeError
+    from thrombus.training.card import model_from_checkpoint
 
-    card_channels = _card_channels(request.checkpoint)
-    # Loaded once for the fold: the harmonisation is checked here (a mismatch fails the whole fold),
-    # each subject's channels again in predict_subject.
-    loaded = load_model(request.checkpoint, card_channels, request.harmonise, f"fold {request.fold}")
+    # Read once for the fold: the harmonisation is checked here (a mismatch fails the whole fold),
+    # each subject's channels in predict_subject.
+    loaded = model_from_checkpoint(request.checkpoint, harmonise_expected(request.harmonise))
+    card_channels = list(loaded.card["channels"])
     listing: dict[str, Any] = {
         "checkpoint": str(request.checkpoint),
         "fold": request.fold,
@@ -151,13 +152,6 @@ def _relocate(record: dict[str, Any], staged: Path, final: Path) -> None:
     """Point the record's output paths at where the files will be once the folder is renamed."""
     record["outputs"] = {key: str(final / Path(path).name) for key, path in record["outputs"].items()}
     write_json(staged / "record.json", record)
-
-
-def _card_channels(checkpoint: Path) -> list[str]:
-    """The channels the model expects, read from its card (checked again on loading)."""
-    from thrombus.training.card import load_checkpoint
-
-    return list(load_checkpoint(checkpoint, {})["card"]["channels"])
 
 
 def _is_model_error(error: BaseException) -> bool:
