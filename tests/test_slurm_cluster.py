@@ -18,10 +18,8 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ is on sys.path (rootdir-relative imports, no tests/__init__.py)
-    from slurm_cluster import REPO, slurm_cluster, write_slurm_profile  # noqa: F401 (fixture)
-except ImportError:  # tests is a package
-    from tests.slurm_cluster import REPO, slurm_cluster, write_slurm_profile  # noqa: F401
+# tests/ is on sys.path (rootdir-relative imports, no tests/__init__.py), as for `conftest`
+from slurm_cluster import REPO, slurm_cluster, write_slurm_profile  # noqa: F401 (fixture)
 
 SNAKEFILE = r'''
 localrules: all
@@ -69,7 +67,7 @@ def _fail_msg(run, cluster, rows=None) -> str:
 
 
 @pytest.mark.slurm
-def test_workflow_jobs_go_through_sbatch(slurm_cluster, tmp_path):
+def test_workflow_jobs_go_through_sbatch(slurm_cluster, tmp_path):  # noqa: F811 (pytest fixture)
     cluster = slurm_cluster
     print(f"\ncluster start took {cluster.start_seconds:.1f}s (started here: {cluster.started_here})")
     wd, profile = _workflow(tmp_path, cluster)
@@ -108,7 +106,7 @@ def test_workflow_jobs_go_through_sbatch(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slurm
-def test_failing_job_is_failed_in_sacct(slurm_cluster, tmp_path):
+def test_failing_job_is_failed_in_sacct(slurm_cluster, tmp_path):  # noqa: F811 (pytest fixture)
     cluster = slurm_cluster
     wd, profile = _workflow(tmp_path, cluster)
     run = cluster.snakemake(["--profile", str(profile), "-s", "Snakefile", "results/boom.txt"], cwd=wd)
@@ -126,7 +124,7 @@ def test_failing_job_is_failed_in_sacct(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slurm
-def test_gpu_job_asking_more_cpus_than_the_node_is_refused(slurm_cluster, tmp_path):
+def test_gpu_job_asking_more_cpus_than_the_node_is_refused(slurm_cluster, tmp_path):  # noqa: F811 (pytest fixture)
     """cpus_per_gpu above the node's CPUs (profiles/default/ asks 4; the test node has 2): sbatch refuses the
     job at submission, and Snakemake stops with sbatch's message (why test_slurm_workflow lowers it)."""
     cluster = slurm_cluster

@@ -23,28 +23,17 @@ from conftest import BIN, REPO, smoke_config, write_config
 from thrombus import SEQUENCES
 from thrombus.samples import read_sheet
 
-try:
-    from slurm_cluster import (  # noqa: F401 (fixture)
-        finished_rules,
-        local_rules,
-        rule_of,
-        skip_reason,
-        slurm_cluster,
-        submitted_jobs,
-        write_slurm_profile,
-        write_workflow_profile,
-    )
-except ImportError:
-    from tests.slurm_cluster import (  # noqa: F401
-        finished_rules,
-        local_rules,
-        rule_of,
-        skip_reason,
-        slurm_cluster,
-        submitted_jobs,
-        write_slurm_profile,
-        write_workflow_profile,
-    )
+# tests/ is on sys.path (rootdir-relative imports, no tests/__init__.py), as for `conftest`
+from slurm_cluster import (  # noqa: F401 (fixture)
+    finished_rules,
+    local_rules,
+    rule_of,
+    skip_reason,
+    slurm_cluster,
+    submitted_jobs,
+    write_slurm_profile,
+    write_workflow_profile,
+)
 
 # skip before the (session-scoped, 30 s) tiny cohort is generated, not only in the slurm_cluster fixture
 _SKIP = skip_reason()
