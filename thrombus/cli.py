@@ -7,6 +7,7 @@ light steps start fast (Snakemake pays this start-up once per job).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -286,3 +287,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         log.error("%s", err)
         return 1
+    except OSError as err:
+        if err.errno not in _FULL_DISK:
+            raise
+        log.error("%s", _full_disk_message(args, err))
+        return 1
+
+
+# A full disk, an exhausted quota, a file-size limit: the same remedy, and nothing half-written to trust.
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _full_disk_message(args: argparse.Namespace, err: OSError) -> str:
+    """Names the step, its subject and the file, because the OS error alone names none of them."""
+    subject = ", ".join(f"{key} {getattr(args, key)}" for key in ("center", "subject", "sequence")
+                        if getattr(args, key, None))
+    where = f" ({subject})" if subject else ""
+    target = f" writing {err.filename}" if err.filename else ""
+    return (f"thrombus {args.command}{where}: {err.strerror}{target}. Free space (or raise the quota) and rerun;"
+            " outputs are written under a temporary name and renamed when complete, so none was left half-written")

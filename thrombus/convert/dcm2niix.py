@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,11 @@ def stage_series(series: Series, staging: Path) -> Path:
     return target
 
 
-def run(series: Series, staging: Path, compress: bool = True) -> tuple[list[Dcm2niixOutput], str]:
-    """Convert one series; returns the outputs and dcm2niix's console text."""
+def run(series: Series, staging: Path, compress: bool = True, what: str = "") -> tuple[list[Dcm2niixOutput], str]:
+    """Convert one series; returns the outputs and dcm2niix's console text.
+
+    `what` (center, subject, sequence) heads the error, which is all a failed job's log shows.
+    """
     source = stage_series(series, staging)
     out = staging / "out"
     out.mkdir()
@@ -93,10 +97,23 @@ def run(series: Series, staging: Path, compress: bool = True) -> tuple[list[Dcm2
     if done.returncode != 0 or not outputs:
         tail = "\n".join(console.splitlines()[-15:])
         raise ConversionError(
-            f"dcm2niix exit code {done.returncode} with {len(outputs)} NIfTI file(s) for series "
-            f"'{series.description}' in {series.folder}:\n{tail}"
+            f"{what + ': ' if what else ''}dcm2niix {_exit_reason(done.returncode)} with {len(outputs)} NIfTI "
+            f"file(s) for series '{series.description}' in {series.folder}:\n{tail}"
         )
     return outputs, console
+
+
+def _exit_reason(code: int) -> str:
+    """A negative code is a signal; named, it tells a full disk (SIGXFSZ) or the OOM killer (SIGKILL) apart."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    hint = {"SIGXFSZ": " (file size limit: the disk or quota of the staging folder is full)",
+            "SIGKILL": " (killed, often for memory)"}.get(name, "")
+    return f"killed by {name}{hint}"
 
 
 def _read_table(path: Path) -> tuple[float, ...] | None:

@@ -153,7 +153,7 @@ def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: 
         record.params["pattern"] = request.patterns.get(request.sequence)
     record.versions = {"dcm2niix": dcm2niix.version(), **package_versions(("pydicom", "nibabel"))}
     with tempfile.TemporaryDirectory(prefix="thrombus-convert-") as staging:
-        outputs, console = dcm2niix.run(series, Path(staging))
+        outputs, console = dcm2niix.run(series, Path(staging), what=request.what)
         converted = choose_output(outputs, request)
         data = np.asanyarray(converted.image.dataobj)
         check_volume(data, series.folder, request.what)

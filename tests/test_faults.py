@@ -1,0 +1,220 @@
+"""Faults: the workflow SIGKILLed inside each kind of step, then rerun, ends where an uninterrupted run ends.
+
+One run of the smoke chain (loco_gmd and its table only, to keep CI short) is killed once inside every
+kind of job, in a working directory and cohort whose paths hold spaces and non-ASCII characters. After
+each kill the user's own recovery is replayed: `snakemake --unlock`, then the same command again. The
+rerun may redo only the jobs that were running at the kill, and the final table must equal, byte for
+byte, the one of the uninterrupted run of the `tiny_run` fixture.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, smoke_config, tool_env, with_unlabelled_subject, write_config
+
+# Rule -> the `thrombus` sub-command its jobs run, in the order the chain reaches them.
+KINDS = {
+    "convert": "convert",
+    "skullstrip": "skullstrip",
+    "register": "register",
+    "harmonise": "harmonise",
+    "train": "train",
+    "infer": "predict-fold",
+    "evaluate": "evaluate",
+    "tables": "tables",
+}
+TABLE = "multicentric"
+
+
+def _command(workdir: Path, config: Path, *args: str) -> list[str]:
+    return [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile",
+            str(REPO / "profiles" / "local"), "--configfile", str(config), *args]
+
+
+def _running(pid: int, subcommand: str) -> list:
+    """The descendants of `pid` that run `thrombus <subcommand>` (the shell and the Python process)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if f"thrombus {subcommand} " in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _ready_to_kill(workdir: Path, rule: str, started: float) -> bool:
+    """Training is killed once it has written a checkpoint to resume from, every other job 1 s in."""
+    if rule == "train":
+        return any((workdir / "results" / "models").rglob("latest.pt"))
+    return time.monotonic() - started > 1.0
+
+
+def _run_and_kill(workdir: Path, config: Path, rule: str, timeout: float = 1200) -> bool:
+    """Run the workflow and SIGKILL its whole process group while a `rule` job runs.
+
+    False when the run ended first (it got past every job of that kind); a failed run fails the test.
+    """
+    log_path = workdir / f"snakemake_killed_in_{rule}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(_command(workdir, config), cwd=workdir, env=tool_env(), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline, started = time.monotonic() + timeout, None
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if _running(process.pid, KINDS[rule]):
+                    started = started or time.monotonic()
+                    if _ready_to_kill(workdir, rule, started):
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                        return True
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert process.returncode == 0, log_path.read_text()[-3000:]
+    return False
+
+
+def _stamps(workdir: Path) -> dict[Path, int]:
+    return {p.resolve(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
+
+
+def _changed(before: dict[Path, int]) -> set[Path]:
+    return {p for p, stamp in before.items() if not p.exists() or p.stat().st_mtime_ns != stamp}
+
+
+def _incomplete(workdir: Path) -> set[Path]:
+    """The outputs Snakemake marked as being written when the run died (`.snakemake/incomplete`).
+
+    A mark is the output's path, URL-safe base64, cut into '@'-prefixed folders when it is long.
+    """
+    marks = workdir / ".snakemake" / "incomplete"
+    paths = set()
+    for mark in marks.rglob("*") if marks.exists() else ():
+        if not mark.is_file() or mark.name == "migration_underway":
+            continue
+        encoded = "".join(part.lstrip("@") for part in mark.relative_to(marks).parts)
+        paths.add((workdir / base64.urlsafe_b64decode(encoded).decode()).resolve())
+    return paths
+
+
+def _unlock(workdir: Path, config: Path) -> None:
+    """What a user does after a killed run: the rerun refuses the stale lock and says how to lift it."""
+    locked = subprocess.run(_command(workdir, config, "-n"), cwd=workdir, env=tool_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    unlock = subprocess.run(_command(workdir, config, "--unlock"), cwd=workdir, env=tool_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_killed_in_every_kind_of_step_resumes_to_the_same_table(tiny_cohort: Path, tiny_run: Path,
+                                                               tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort données" / "centre Zürich"
+    shutil.copytree(tiny_cohort, cohort)  # the sheet's relative paths now resolve under these names
+    workdir = tmp_path / "run dir ø"
+    workdir.mkdir()
+    sheet = with_unlabelled_subject(cohort / "samples.tsv", workdir / "samples.tsv")
+    smoke = smoke_config(samples=str(sheet))
+    smoke["experiments"] = {"loco_gmd": smoke["experiments"]["loco_gmd"]}
+    smoke["tables"] = {TABLE: smoke["tables"][TABLE]}
+    config = write_config(workdir / "config.yaml", **smoke)
+
+    killed, interrupted = [], set()
+    for rule in [*KINDS, None]:
+        before = _stamps(workdir)
+        if rule is None:
+            done = subprocess.run(_command(workdir, config), cwd=workdir, env=tool_env(), capture_output=True,
+                                  text=True, timeout=2400)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        elif not _run_and_kill(workdir, config, rule):
+            continue
+        # finished outputs stay as they are: only the jobs cut short by the last kill are redone
+        redone = _changed(before) - interrupted
+        if rule is not None:
+            redone -= _incomplete(workdir)
+        assert not redone, f"finished outputs redone in the run killed in {rule}: {sorted(redone)[:3]}"
+        if rule is not None:
+            killed.append(rule)
+            interrupted = _incomplete(workdir)
+            assert interrupted, f"killed in {rule}, yet no job was marked incomplete"
+            _unlock(workdir, config)
+    assert {"skullstrip", "register", "train", "infer"} <= set(killed), killed
+
+    for suffix in (".csv", ".md", ".tex", "_per_center.csv", "_per_center.md", "_per_center.tex", "_subjects.tsv"):
+        ours = (workdir / "results" / "tables" / f"{TABLE}{suffix}").read_bytes()
+        theirs = (tiny_run / "results" / "tables" / f"{TABLE}{suffix}").read_bytes()
+        assert ours == theirs, f"{TABLE}{suffix} differs from the uninterrupted run's"
+    nothing = subprocess.run(_command(workdir, config, "-n"), cwd=workdir, env=tool_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+    leftovers = [p for p in (workdir / "results").rglob(".*") if p.is_file()]
+    assert not leftovers, leftovers
+
+
+@contextlib.contextmanager
+def _nearly_full_disk(root: Path, free_bytes: int = 16 * 1024) -> Iterator[tuple[Path, Callable[[], None] | None]]:
+    """A folder on a file system with `free_bytes` left: a real tmpfs where we may mount one (root).
+
+    Fallback, named as one: elsewhere a file-size limit (RLIMIT_FSIZE) on the child process, which the
+    kernel enforces on every write the same way (EFBIG instead of ENOSPC).
+    """
+    folder = root / "small disk"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    try:
+        if mounted:
+            filler = folder / "filler"
+            with open(filler, "wb") as handle:
+                with contextlib.suppress(OSError):
+                    handle.write(b"\0" * (1 << 20))
+            usage = shutil.disk_usage(folder)
+            filler.write_bytes(b"\0" * (filler.stat().st_size - max(0, free_bytes - usage.free)))
+            yield folder, None
+        else:
+            yield folder, lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (free_bytes, resource.RLIM_INFINITY))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_full_disk_leaves_no_output_to_trust_and_a_rerun_completes(tiny_cohort: Path, tmp_path: Path) -> None:
+    from thrombus.samples import read_sheet
+
+    row = read_sheet(tiny_cohort / "samples.tsv").iloc[0]
+    with _nearly_full_disk(tmp_path) as (disk, limit):
+        out = disk / "out"
+        command = [str(BIN / "thrombus"), "convert", "--subject", row["subject"], "--center", row["center"],
+                   "--sequence", "swi", "--dicom-dir", row["dicom_dir"], "--series", row["swi"],
+                   "--out", str(out / "swi.nii.gz"), "--sidecar", str(out / "swi.json"),
+                   "--record", str(tmp_path / "logs" / "swi.record.json")]  # the job's log, as in the rules
+        full = subprocess.run(command, env=tool_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit)
+        assert full.returncode == 1, full.stderr
+        message = next(line for line in full.stderr.splitlines() if line.startswith("ERROR thrombus"))
+        assert f"center {row['center']}, subject {row['subject']}" in message
+        assert any(cause in message for cause in ("No space left on device", "File too large", "SIGXFSZ")), message
+        assert "Traceback" not in full.stderr
+        assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+        for filler in disk.glob("filler"):
+            filler.unlink()
+        again = subprocess.run(command, env=tool_env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert {p.name for p in out.iterdir()} == {"swi.nii.gz", "swi.json"}
