@@ -116,7 +116,7 @@ def _incomplete(workdir: Path) -> set[Path]:
 
 def _unlock(workdir: Path, config: Path) -> None:
     """What a user does after a killed run: the rerun refuses the stale lock and says how to lift it."""
-    locked = subprocess.run(_command(workdir, config, "-n"), cwd=workdir, env=tool_env(),
+    locked = subprocess.run(_command(workdir, config), cwd=workdir, env=tool_env(),  # -n takes no lock
                             capture_output=True, text=True, timeout=300)
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     unlock = subprocess.run(_command(workdir, config, "--unlock"), cwd=workdir, env=tool_env(),

@@ -58,11 +58,19 @@ def _save(path: Path, data: np.ndarray) -> Path:
         (np.zeros((8, 8, 8), dtype=np.float32), "all zeros"),
         (np.full((8, 8, 8), np.nan, dtype=np.float32), "NaN"),
         (np.ones((8, 8, 8, 3), dtype=np.float32), "4-D"),
+        (np.zeros((8, 0, 8), dtype=np.float32), "is empty"),
+        ("zero-byte file", "is not a readable NIfTI file"),
+        ("truncated file", "is not a readable NIfTI file"),
     ],
-    ids=["all-zero", "nan", "4d"],
+    ids=["all-zero", "nan", "4d", "empty", "zero-byte", "truncated"],
 )
-def test_unusable_inputs_are_refused_naming_subject_and_file(tmp_path: Path, data: np.ndarray, expected: str) -> None:
-    image = _save(tmp_path / "bad_t1.nii.gz", data)
+def test_unusable_inputs_are_refused_naming_subject_and_file(tmp_path: Path, data: np.ndarray | str, expected: str) -> None:
+    if isinstance(data, str):
+        image = _save(tmp_path / "bad_t1.nii.gz", np.ones((30, 30, 30), dtype=np.float32))
+        whole = image.read_bytes()
+        image.write_bytes(b"" if data == "zero-byte file" else whole[: len(whole) // 2])
+    else:
+        image = _save(tmp_path / "bad_t1.nii.gz", data)
     with pytest.raises(VolumeError) as info:
         skullstrip_file(image, tmp_path / "mask.nii.gz", None, HDBetOptions(), None, subject="sub-07", sequence="swi")
     message = str(info.value)

@@ -6,6 +6,7 @@ volume are reported with the subject and file named, instead of flowing on as ga
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -40,8 +41,10 @@ def save_array(data: np.ndarray, affine: np.ndarray, target: PathLike, dtype: ty
 
 def check_volume(data: np.ndarray, path: PathLike, what: str = "volume", allow_4d: bool = False) -> None:
     """Raise VolumeError for data no step can use; `what` names the subject and sequence."""
+    if data.size == 0:
+        raise VolumeError(f"{what}: {path} is empty (shape {data.shape}); re-export the series")
     if data.ndim == 4 and data.shape[3] == 1:
-        return
+        data = data[..., 0]  # a trailing singleton axis is a 3-D volume; it gets the same checks
     if data.ndim == 4 and not allow_4d:
         raise VolumeError(
             f"{what}: {path} is 4-D {data.shape}, a 3-D volume was expected; "
@@ -49,8 +52,6 @@ def check_volume(data: np.ndarray, path: PathLike, what: str = "volume", allow_4
         )
     if data.ndim not in (3, 4):
         raise VolumeError(f"{what}: {path} has {data.ndim} dimensions {data.shape}, expected 3")
-    if data.size == 0:
-        raise VolumeError(f"{what}: {path} is empty (shape {data.shape})")
     if not np.all(np.isfinite(data)):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         raise VolumeError(f"{what}: {path} holds {bad} NaN/inf voxels; fix or re-export the series")
@@ -63,8 +64,14 @@ def load_volume(path: PathLike, what: str = "volume", allow_4d: bool = False) ->
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{what}: {path} does not exist")
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj, dtype=np.float32)
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError, zlib.error) as err:
+        raise VolumeError(
+            f"{what}: {path} is not a readable NIfTI file ({err}); it is truncated or damaged: "
+            "rerun the step that wrote it (delete the file first) or re-export the series"
+        ) from err
     check_volume(data, path, what, allow_4d=allow_4d)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
