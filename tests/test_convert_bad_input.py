@@ -61,6 +61,7 @@ def _empty_folder(folder: Path, other: Path) -> None:
         (_empty_folder, "is empty"),
     ],
 )
+@pytest.mark.bad_input
 def test_bad_series_is_refused_naming_subject_and_folder(
     subject: tuple[str, str, Path, dict[str, str]], tmp_path: Path, damage: Callable[[Path, Path], None], message: str
 ) -> None:
@@ -77,6 +78,7 @@ def test_bad_series_is_refused_naming_subject_and_folder(
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.bad_input
 def test_missing_folder_is_refused(subject: tuple[str, str, Path, dict[str, str]], tmp_path: Path) -> None:
     name, center, dicom_dir, _ = subject
     with pytest.raises(SeriesError, match="does not exist; check the sample sheet"):
@@ -95,6 +97,7 @@ def test_auto_finds_the_series_by_pattern(subject: tuple[str, str, Path, dict[st
     assert Path(record["inputs"]["series_folder"]).name == series["swi"]
 
 
+@pytest.mark.bad_input
 def test_ambiguous_pattern_is_refused(subject: tuple[str, str, Path, dict[str, str]], tmp_path: Path) -> None:
     name, center, dicom_dir, _ = subject
     patterns = {"swi": ".", "dwi": "diff"}

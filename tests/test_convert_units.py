@@ -33,6 +33,7 @@ def test_highest_b_rounds_scanner_jitter() -> None:
     assert highest_b((5.0, 998.0, 1002.0, 500.0)) == (1000.0, [1, 2])
 
 
+@pytest.mark.bad_input
 def test_no_diffusion_weighting_is_an_error() -> None:
     with pytest.raises(ValueError, match="no diffusion-weighted volume"):
         trace_image(np.ones((2, 2, 2, 2)), (0.0, 0.0))

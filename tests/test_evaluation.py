@@ -182,6 +182,7 @@ def test_volumes_in_ml_use_spacing() -> None:
     assert record["volume_error_ml"] == pytest.approx(0.2)
 
 
+@pytest.mark.bad_input
 def test_label_contradicting_the_truth_is_refused() -> None:
     shape = (6, 6, 6)
     with pytest.raises(EvaluationError, match="empty truth"):
@@ -214,6 +215,7 @@ def test_evaluate_files_reads_spacing_and_puts_subject_first(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("change", ["shape", "affine"])
+@pytest.mark.bad_input
 def test_grid_mismatch_names_subject_and_both_files(tmp_path: Path, change: str) -> None:
     affine = np.diag([1.0, 1.0, 3.0, 1.0])
     truth = box((10, 10, 6), (2, 2, 1), (5, 5, 4))
@@ -231,6 +233,7 @@ def test_grid_mismatch_names_subject_and_both_files(tmp_path: Path, change: str)
     assert "prediction not on the reference grid" in message
 
 
+@pytest.mark.bad_input
 def test_positive_without_truth_is_refused(tmp_path: Path) -> None:
     affine = np.eye(4)
     pred_path = _save(tmp_path / "pred.nii.gz", np.zeros((5, 5, 5)), affine)

@@ -47,12 +47,14 @@ def test_one_fold_per_labelled_center() -> None:
     assert table_folds(_config(), found) == [("loco_gmd", 0), ("loco_gmd", 1), ("loco_gmd", 2), ("loco_none", 2)]
 
 
+@pytest.mark.bad_input
 def test_a_fold_that_does_not_exist_is_refused_listing_the_folds() -> None:
     config = _config(experiments={"x": {"split": "loco", "folds": [3]}})
     with pytest.raises(ConfigError, match=r"experiments\.x\.folds.*0: A, 1: B, 2: C"):
         experiments(config, SUBJECTS)
 
 
+@pytest.mark.bad_input
 def test_loco_needs_two_centers() -> None:
     with pytest.raises(ConfigError, match="two centers"):
         experiments(_config(), [_subject("A1", "A")])
@@ -73,6 +75,7 @@ def test_training_sections_leave_out_workflow_and_split_keys() -> None:
         ({"evaluation": {"subsets": {"none": CHANNELS}}}, "removes every channel"),
     ],
 )
+@pytest.mark.bad_input
 def test_table_checks_name_the_key(change: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         check_tables(_config(**change), CHANNELS)

@@ -125,6 +125,7 @@ def _unlock(workdir: Path, config: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_killed_in_every_kind_of_step_resumes_to_the_same_table(tiny_cohort: Path, tiny_run: Path,
                                                                tmp_path: Path) -> None:
     cohort = tmp_path / "cohort données" / "centre Zürich"
@@ -196,6 +197,7 @@ def _nearly_full_disk(root: Path, free_bytes: int = 16 * 1024) -> Iterator[tuple
             subprocess.run(["umount", str(folder)], check=True)
 
 
+@pytest.mark.fault
 def test_full_disk_leaves_no_output_to_trust_and_a_rerun_completes(tiny_cohort: Path, tmp_path: Path) -> None:
     from thrombus.samples import read_sheet
 

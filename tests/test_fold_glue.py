@@ -163,6 +163,7 @@ def _not_gzip(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("breakage", [_no_summary, _all_zero, _truncated, _not_gzip], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.bad_input
 def test_a_broken_stack_fails_its_subject_only(world: World, tmp_path: Path, breakage) -> None:  # type: ignore[no-untyped-def]
     stacks = tmp_path / "stacks"
     shutil.copytree(world.root / "results" / "harmonise", stacks / "results" / "harmonise")
@@ -180,6 +181,7 @@ def test_a_broken_stack_fails_its_subject_only(world: World, tmp_path: Path, bre
     assert [p.name for p in out.parent.iterdir()] == ["fold0"]
 
 
+@pytest.mark.bad_input
 def test_a_stack_harmonised_with_other_channels_fails_the_whole_fold(world: World, tmp_path: Path) -> None:
     """Harmonisation writes every configured channel (zero-filled when missing): a stack with other channels is stale."""
     stacks = tmp_path / "stacks"
@@ -193,6 +195,7 @@ def test_a_stack_harmonised_with_other_channels_fails_the_whole_fold(world: Worl
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
+@pytest.mark.bad_input
 def test_a_checkpoint_harmonised_otherwise_fails_the_whole_fold(world: World, tmp_path: Path) -> None:
     other = untrained_checkpoint(tmp_path / "histogram.pt", harmonise={**HARMONISE, "method": "histogram"})
     out = tmp_path / "predict" / "fold0"
@@ -213,6 +216,7 @@ def test_a_checkpoint_harmonised_otherwise_fails_the_whole_fold(world: World, tm
 # --- evaluate_fold ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input
 def test_evaluate_fold_scores_the_good_subjects_and_names_the_bad_ones(world: World, predicted: dict, tmp_path: Path) -> None:
     predictions = tmp_path / "fold0"
     shutil.copytree(world.predictions(0), predictions)

@@ -41,6 +41,7 @@ def test_strength_follows_the_schedule(mode: str) -> None:
     assert strength(0.0, "gradual") == 0.25 and strength(0.25, "gradual") == 0.5 and strength(1.0, "gradual") == 1.0
 
 
+@pytest.mark.bad_input
 def test_strength_refuses_bad_progress_and_modes() -> None:
     with pytest.raises(ValueError, match="progress"):
         strength(1.5, "gradual")

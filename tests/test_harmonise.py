@@ -47,12 +47,14 @@ def test_missing_channel_is_zero_filled_and_flagged(head: tuple[np.ndarray, np.n
     assert stack.data.shape == (*mask.shape, 3) and not stack.data[..., 2].any()
 
 
+@pytest.mark.bad_input
 def test_histogram_mode_needs_a_learned_scale(head: tuple[np.ndarray, np.ndarray]) -> None:
     data, mask = head
     with pytest.raises(ValueError, match="no learned histogram scale for channel dwi"):
         build_stack({"dwi": data}, mask, {"dwi": ["dwi"]}, NormaliseOptions(method="histogram"), {})
 
 
+@pytest.mark.bad_input
 def test_a_failed_registration_becomes_a_missing_channel(head: tuple[np.ndarray, np.ndarray], tmp_path) -> None:
     """A sequence whose registration QC says unusable is zero-filled and listed, never stacked misaligned."""
     import json

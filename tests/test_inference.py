@@ -147,6 +147,7 @@ def test_dropping_a_sequence_equals_a_missing_one(tmp_path: Path, untrained: Pat
     assert dropped["dropped_by_request"] == ["flair"]
 
 
+@pytest.mark.bad_input
 def test_sequence_selection_checks_names() -> None:
     availability = np.array([1, 1, 1, 0], dtype=np.float32)
     assert select_channels(availability, CHANNELS, None).tolist() == [1, 1, 1, 0]
@@ -195,6 +196,7 @@ def test_predict_subject_writes_maps_on_the_stack_grid_and_a_record(tmp_path: Pa
                                atol=1e-6)
 
 
+@pytest.mark.bad_input
 def test_checkpoint_with_other_channels_is_refused(tmp_path: Path) -> None:
     other = ModelConfig(**{**TINY_MODEL.to_dict(), "channels": ("susceptibility", "dwi", "adc", "t2")})
     checkpoint = untrained_checkpoint(tmp_path / "other.pt", other)
@@ -204,6 +206,7 @@ def test_checkpoint_with_other_channels_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists(), "nothing is written for a refused checkpoint"
 
 
+@pytest.mark.bad_input
 def test_stack_lacking_a_model_channel_or_harmonised_otherwise_is_refused(tmp_path: Path, untrained: Path) -> None:
     stack, _ = make_stack(5, positive=False)
     three = write_stack(tmp_path / "three", np.ascontiguousarray(stack[..., :3]), CHANNELS[:3])

@@ -19,6 +19,7 @@ def test_written_files_follow_the_umask(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.fault
 def test_a_failed_write_leaves_neither_target_nor_temporary(tmp_path: Path) -> None:
     target = tmp_path / "stack.nii.gz"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

@@ -167,6 +167,7 @@ def test_the_recurrence_carries_information_along_the_slices() -> None:
     assert torch.all(difference[1:] == 0)
 
 
+@pytest.mark.bad_input
 def test_wrong_inputs_are_refused_with_the_expected_shape() -> None:
     network = model()
     with pytest.raises(ValueError, match="slab"):
@@ -177,6 +178,7 @@ def test_wrong_inputs_are_refused_with_the_expected_shape() -> None:
         network(torch.zeros(2, 4, 2, 32, 32), torch.ones(4))
 
 
+@pytest.mark.bad_input
 def test_config_round_trips_and_refuses_unknown_values() -> None:
     config = ModelConfig(architecture="no_lstm", base_width=8, lstm_on_skips=True)
     assert ModelConfig.from_mapping(config.to_dict()) == config

@@ -86,6 +86,7 @@ def test_deterministic_mode_is_bit_identical_across_processes(realdata: Path, tm
     assert np.array_equal(a, b)
 
 
+@pytest.mark.bad_input
 def test_volume_checks_name_subject_and_sequence(tmp_path: Path) -> None:
     from thrombus.nifti import VolumeError
 
@@ -98,6 +99,7 @@ def test_volume_checks_name_subject_and_sequence(tmp_path: Path) -> None:
     assert not (tmp_path / "o.nii.gz").exists()
 
 
+@pytest.mark.bad_input
 def test_field_of_view_outside_the_reference_is_refused(tmp_path: Path) -> None:
     from thrombus.preprocess.register import RegistrationError
 
@@ -114,6 +116,7 @@ def test_field_of_view_outside_the_reference_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "o.mat").exists()
 
 
+@pytest.mark.bad_input
 def test_adc_inherits_a_failed_dwi_registration(tmp_path: Path) -> None:
     """ADC moves with the DWI transform; when QC failed the DWI registration, the ADC is unusable too."""
     import json

@@ -61,6 +61,7 @@ def test_valid_sheet_builds_the_dag(workdir: Path) -> None:
         ({"train": {"iterations": 0}}, "iterations"),
     ],
 )
+@pytest.mark.bad_input
 def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, expected: str) -> None:
     code, output = _dry_run(workdir, **config)
     assert code != 0
@@ -73,9 +74,11 @@ def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, ex
         ((_row("A-01"),), "row 0"),
         ((_row(thrombus="2"),), "'2' is not one of"),
         ((_row(), _row("A001", "B")), "A001 in rows 2, 3 (centers A, B)"),
+        ((_row(), _row()), "A001 in rows 2, 3 (centers A, A)"),
         ((_row(swi=""),), "line 2 (subject A001, center A): none of the reference sequences swi, t2star"),
     ],
 )
+@pytest.mark.bad_input
 def test_broken_sheet_is_refused_naming_the_row(workdir: Path, rows: tuple[str, ...], expected: str) -> None:
     _sheet(workdir / "samples.tsv", *rows)
     code, output = _dry_run(workdir)
@@ -83,6 +86,7 @@ def test_broken_sheet_is_refused_naming_the_row(workdir: Path, rows: tuple[str, 
     assert expected in output
 
 
+@pytest.mark.bad_input
 def test_unknown_column_is_refused(workdir: Path) -> None:
     _sheet(workdir / "samples.tsv", _row() + "\tx", header=HEADER + "\tswj")
     code, output = _dry_run(workdir)
@@ -90,6 +94,7 @@ def test_unknown_column_is_refused(workdir: Path) -> None:
     assert "unknown column(s) swj" in output
 
 
+@pytest.mark.bad_input
 def test_missing_sheet_names_the_key(workdir: Path) -> None:
     cfg = write_config(workdir / "config.yaml", samples=str(workdir / "nowhere.tsv"))
     done = snakemake(workdir, "-n", "--configfile", str(cfg), timeout=120)

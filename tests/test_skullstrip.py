@@ -64,6 +64,7 @@ def _save(path: Path, data: np.ndarray) -> Path:
     ],
     ids=["all-zero", "nan", "4d", "empty", "zero-byte", "truncated"],
 )
+@pytest.mark.bad_input
 def test_unusable_inputs_are_refused_naming_subject_and_file(tmp_path: Path, data: np.ndarray | str, expected: str) -> None:
     if isinstance(data, str):
         image = _save(tmp_path / "bad_t1.nii.gz", np.ones((30, 30, 30), dtype=np.float32))
@@ -78,12 +79,14 @@ def test_unusable_inputs_are_refused_naming_subject_and_file(tmp_path: Path, dat
     assert not (tmp_path / "mask.nii.gz").exists()
 
 
+@pytest.mark.bad_input
 def test_constant_volume_is_refused(tmp_path: Path) -> None:
     image = _save(tmp_path / "flat.nii.gz", np.full((8, 8, 8), 5.0, dtype=np.float32))
     with pytest.raises(VolumeError, match=r"sub-07.*flat\.nii\.gz.*constant"):
         skullstrip_file(image, tmp_path / "mask.nii.gz", None, HDBetOptions(), None, subject="sub-07")
 
 
+@pytest.mark.bad_input
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="folds"):
         HDBetOptions(folds=(5,))
@@ -94,6 +97,7 @@ def test_bad_options_are_refused() -> None:
     assert HDBetOptions(mirror=[2, 0], folds=[1, 3]).mirror == (0, 2)
 
 
+@pytest.mark.bad_input
 def test_official_backend_without_package_fails_clearly(small_brain: tuple[np.ndarray, tuple]) -> None:
     """hd-bet 2.x is not installed here: selecting it must say what is missing, and never download."""
     volume, spacing = small_brain
@@ -158,6 +162,7 @@ def test_mask_is_on_the_input_grid_whatever_the_storage_order(
     assert np.array_equal(back, small_brain_mask)
 
 
+@pytest.mark.bad_input
 def test_implausible_mask_is_refused(small_brain: tuple[np.ndarray, tuple], tmp_path: Path) -> None:
     """A template brain of about 1.9 l under a 500 ml ceiling: refused with subject, sequence and file."""
     volume, _ = small_brain

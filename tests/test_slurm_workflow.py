@@ -87,6 +87,7 @@ def test_workflow_runs_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_path
     assert rules.count("rule_convert") == conversions and rules.count("rule_harmonise") == len(center_a), rules
 
 
+@pytest.mark.fault
 def test_failing_job_is_failed_and_stops_the_run(slurm_cluster, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: F811
     """A DICOM slice missing: that conversion job is FAILED in sacct, snakemake exits non-zero and says where to look."""
     env = _install_site_profile(tmp_path, slurm_cluster)

@@ -285,6 +285,7 @@ def test_recorded_motion_is_the_motion_applied(cohort: Path, truths: list[dict],
     (lambda p: p["centers"][1]["sequences"]["swi"].update(slice_thickness=2), "centers[1].sequences.swi.slice_thickness"),
     (lambda p: p["centers"][2].update(vendor="Acme"), "centers[2].vendor"),
 ])
+@pytest.mark.bad_input
 def test_bad_preset_is_refused_naming_the_key(change, key: str) -> None:
     preset = yaml.safe_load((ROOT / "thrombus" / "data" / "synth" / "tiny.yaml").read_text())
     change(preset)
@@ -292,6 +293,7 @@ def test_bad_preset_is_refused_naming_the_key(change, key: str) -> None:
         parse_preset(preset, "test.yaml")
 
 
+@pytest.mark.bad_input
 def test_a_foreign_non_empty_folder_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "patient.dcm").write_bytes(b"real data")
     with pytest.raises(FileExistsError, match="holds no synthetic cohort"):
@@ -299,6 +301,7 @@ def test_a_foreign_non_empty_folder_is_never_overwritten(tmp_path: Path) -> None
     assert (tmp_path / "patient.dcm").read_bytes() == b"real data"
 
 
+@pytest.mark.bad_input
 def test_unknown_preset_name_is_refused() -> None:
     with pytest.raises(PresetError, match="neither a built-in preset"):
         load_preset("huge")

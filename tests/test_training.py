@@ -131,6 +131,7 @@ def test_loco_holds_out_exactly_one_center_per_fold() -> None:
         assert {s[0] for s in fold["val"]} == {c for c in "ABC" if c != held_out}, "validation drawn from both training centers"
 
 
+@pytest.mark.bad_input
 def test_split_file_is_reused_and_refused_when_subjects_change(tmp_path: Path) -> None:
     path = tmp_path / "splits" / "loco.json"
     subjects_ = labelled_cohort(4)
@@ -175,6 +176,7 @@ def test_foreground_oversampling_rate(cohort: Path) -> None:
     assert all(not item["subject"].endswith("003") for item in foreground), "foreground slabs come from positive cases"
 
 
+@pytest.mark.bad_input
 def test_positive_subject_without_mask_is_refused(cohort: Path, tmp_path: Path) -> None:
     sheet = read_sheet(cohort / "samples.tsv")
     sheet.loc[0, "thrombus_mask"] = str(tmp_path / "nowhere.nii.gz")
@@ -215,6 +217,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.fault
 def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) -> None:
     options = quick_options()
     train(make_run(cohort, tmp_path / "straight", options))
@@ -231,6 +234,7 @@ def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "resumed" / name).exists(), name
 
 
+@pytest.mark.bad_input
 def test_checkpoint_of_another_configuration_is_refused(cohort: Path, tmp_path: Path) -> None:
     run = make_run(cohort, tmp_path, quick_options(iterations=2, val_every=2))
     train(run)
@@ -245,6 +249,7 @@ def test_checkpoint_of_another_configuration_is_refused(cohort: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+@pytest.mark.bad_input
 def test_corrupted_checkpoint_is_refused(cohort: Path, tmp_path_factory: pytest.TempPathFactory, damage: str) -> None:
     out = tmp_path_factory.mktemp(f"damaged_{damage}")
     train(make_run(cohort, out, quick_options(iterations=1, val_every=1)))

@@ -72,6 +72,7 @@ def test_no_identifier_reaches_any_output(tiny_cohort: Path, tiny_run: Path) -> 
         assert not leaked, f"{path} contains {leaked}"
 
 
+@pytest.mark.fault
 def test_second_run_has_nothing_to_do(tiny_cohort: Path, tiny_run: Path) -> None:
     done = snakemake(tiny_run, "-n", "--configfile", str(tiny_run / "config.yaml"), timeout=120)
     assert done.returncode == 0
@@ -105,6 +106,7 @@ def test_one_center_can_be_redone_alone(tiny_cohort: Path, tiny_run: Path, tmp_p
     assert any("results/harmonise/A/" in str(p) for p in changed)
 
 
+@pytest.mark.bad_input
 def test_bad_subject_fails_alone_with_keep_going(tiny_cohort: Path, tmp_path: Path) -> None:
     cohort = tmp_path / "cohort"
     shutil.copytree(tiny_cohort, cohort)
