@@ -114,11 +114,13 @@ def _incomplete(workdir: Path) -> set[Path]:
     return paths
 
 
-def _unlock(workdir: Path, config: Path) -> None:
-    """What a user does after a killed run: the rerun refuses the stale lock and says how to lift it."""
-    locked = subprocess.run(_command(workdir, config), cwd=workdir, env=tool_env(),  # -n takes no lock
-                            capture_output=True, text=True, timeout=300)
-    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+def _unlock(workdir: Path, config: Path, first: bool) -> None:
+    """What a user does after a killed run: the rerun refuses the stale lock and says how to lift it
+    (checked after the first kill only: each Snakemake start costs seconds)."""
+    if first:
+        locked = subprocess.run(_command(workdir, config), cwd=workdir, env=tool_env(),  # -n takes no lock
+                                capture_output=True, text=True, timeout=300)
+        assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     unlock = subprocess.run(_command(workdir, config, "--unlock"), cwd=workdir, env=tool_env(),
                             capture_output=True, text=True, timeout=300)
     assert unlock.returncode == 0, unlock.stderr[-2000:]
@@ -156,8 +158,8 @@ def test_killed_in_every_kind_of_step_resumes_to_the_same_table(tiny_cohort: Pat
             killed.append(rule)
             interrupted = _incomplete(workdir)
             assert interrupted, f"killed in {rule}, yet no job was marked incomplete"
-            _unlock(workdir, config)
-    assert {"skullstrip", "register", "train", "infer"} <= set(killed), killed
+            _unlock(workdir, config, first=len(killed) == 1)
+    assert killed == list(KINDS), f"killed in {killed} only"
 
     for suffix in (".csv", ".md", ".tex", "_per_center.csv", "_per_center.md", "_per_center.tex", "_subjects.tsv"):
         ours = (workdir / "results" / "tables" / f"{TABLE}{suffix}").read_bytes()

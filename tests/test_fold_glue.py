@@ -403,3 +403,23 @@ def test_commands_run_end_to_end(world: World, predicted: dict, tmp_path: Path) 
     assert [p["status"] for p in read_json(predictions / "predictions.json")["predictions"]] == ["ok"] * 3
     assert np.array_equal(nib.load(predictions / "all" / "B" / "B001" / "mask.nii.gz").get_fdata(),
                           nib.load(world.predictions(1) / "all" / "B" / "B001" / "mask.nii.gz").get_fdata())
+
+
+@pytest.mark.bad_input
+def test_a_table_where_every_subject_failed_says_so_and_lists_them(tmp_path: Path) -> None:
+    """All subjects of every fold failed: the tables are still written, empty, with each failure noted."""
+    from thrombus.evaluation.assemble import TableRequest, assemble_table
+    from thrombus.evaluation.fold import FoldEvaluation
+    from thrombus.evaluation.tables import NOTHING_SCORED
+
+    failure = {"experiment": "loco", "fold": 0, "subset": "all", "subject": "A007", "center": "A",
+               "step": "predict", "error": "stack is 4-D"}
+    table, record = tmp_path / "fold0.tsv", tmp_path / "fold0.json"
+    write_fold(FoldEvaluation(rows=[], failures=[failure]), table, record, {"experiment": "loco", "fold": 0})
+    request = TableRequest("t", "T", ["loco"], ["all"], [table], [record], tmp_path / "samples.tsv", tmp_path,
+                           tmp_path / "out")
+    assemble_table(request)
+    for suffix in (".md", "_per_center.md", ".tex"):
+        text = (tmp_path / "out" / f"t{suffix}").read_text()
+        assert NOTHING_SCORED in text and "A007" in text and "stack is 4-D" in text, suffix
+    assert pd.read_csv(tmp_path / "out" / "t.csv").empty

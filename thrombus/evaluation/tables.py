@@ -119,7 +119,10 @@ def _summary_row(cases: pd.DataFrame) -> dict[str, float | int]:
 def _prepare(records: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
     """Numeric metric columns (None -> NaN) and string group columns, so sorting is deterministic."""
     missing = [c for c in (*groups, *_NUMERIC) if c not in records.columns]
-    if missing:
+    if missing and records.empty:
+        # nothing was scored (every subject failed): an empty table whose notes list the failures
+        records = records.reindex(columns=[*records.columns, *missing])
+    elif missing:
         raise ValueError(
             f"summarise: the records lack columns {missing}; pass the records written by "
             "thrombus.evaluation.metrics.evaluate_files (and the grouping columns)"
@@ -203,7 +206,15 @@ def format_table(summary: pd.DataFrame) -> pd.DataFrame:
             "volume error (ml)": _number(row["volume_error_ml_mean"], 3),
             "length error (mm)": _number(row["length_error_mm_mean"], 1),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*groups, *DISPLAY_COLUMNS])
+
+
+DISPLAY_COLUMNS = (
+    "n (pos/neg)", "detection [95% CI]", "lesion recall", "lesion precision", "lesion F1", "FP / case",
+    "negatives with FP", "Dice", "Dice median", "Dice (detected)", "HD95 (mm)", "HD95 median (mm)",
+    "HD95 penalised", "volume error (ml)", "length error (mm)",
+)
+NOTHING_SCORED = "nothing scored: the notes say why"
 
 
 def _markdown_cell(text: str) -> str:
@@ -216,6 +227,8 @@ def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in display.iterrows():
         lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
+    if display.empty:
+        lines.append("| " + " | ".join([NOTHING_SCORED, *([""] * (len(header) - 1))]) + " |")
     lines += ["", "Notes:", ""]
     lines += [f"- {_markdown_cell(note)}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -251,6 +264,8 @@ def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str
     ]
     for _, row in display.iterrows():
         lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
+    if display.empty:
+        lines.append(rf"\multicolumn{{{len(columns)}}}{{l}}{{{latex_escape(NOTHING_SCORED)}}} \\")
     lines += [r"\hline", r"\end{tabular}"]
     if notes:
         lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
