@@ -4,8 +4,23 @@
 (`tables.MATCHING_RULE`); `tables` pools records per center and overall; `figures` draws them.
 """
 
-from thrombus.evaluation.metrics import EvaluationError, EvaluationOptions, evaluate_files, evaluate_masks
-from thrombus.evaluation.tables import MATCHING_RULE, format_table, summarise, wilson_interval, write_table
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): `thrombus <any step>` builds its parser from evaluation.cli, and must
+# not pay for pandas, nibabel and scipy on every job's start-up.
+_HOMES = {
+    "EvaluationError": "metrics", "EvaluationOptions": "metrics", "evaluate_files": "metrics",
+    "evaluate_masks": "metrics", "MATCHING_RULE": "tables", "format_table": "tables", "summarise": "tables",
+    "wilson_interval": "tables", "write_table": "tables",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "EvaluationError",

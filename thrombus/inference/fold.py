@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nibabel.filebasedimages import ImageFileError
-
 from thrombus.io import PathLike, current_umask, write_json
 from thrombus.options import json_object
 
@@ -130,11 +128,11 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
             )
             _relocate(record, folder, subject_folder(request.out_dir, subset, s.center, s.subject))
             entry.update(status="ok", components=record.get("components"))
-        except (VolumeError, FileNotFoundError, ValueError, *_UNREADABLE) as error:
+        except (VolumeError, FileNotFoundError, ValueError, *_unreadable()) as error:
             if _is_model_error(error):
                 raise
             message = str(error)
-            if isinstance(error, _UNREADABLE):
+            if isinstance(error, _unreadable()):
                 message = (f"subject {s.subject} (center {s.center}): stack {stack_dir / 'stack.nii.gz'} cannot be read "
                            f"({type(error).__name__}: {error}); rerun harmonisation for this subject")
             log.error("fold %d, subset %s, subject %s (center %s): %s", request.fold, subset, s.subject, s.center, message)
@@ -143,9 +141,13 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
     return listing
 
 
-#: How a damaged stack.nii.gz fails when it is read (truncated or not gzip at all, not NIfTI): that
-#: subject's failure, not the fold's. Other OS errors (a full disk) still stop the fold.
-_UNREADABLE: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error, ImageFileError)
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """How a damaged stack.nii.gz fails when it is read (truncated or not gzip at all, not NIfTI): that
+    subject's failure, not the fold's. Other OS errors (a full disk) still stop the fold. A function, so
+    that nibabel is imported by the jobs that read images, not by every `thrombus` start-up."""
+    from nibabel.filebasedimages import ImageFileError
+
+    return (EOFError, gzip.BadGzipFile, zlib.error, ImageFileError)
 
 
 def _relocate(record: dict[str, Any], staged: Path, final: Path) -> None:
