@@ -72,7 +72,7 @@ def _registration_options(args: argparse.Namespace) -> object:
     settings = json.loads(args.options)
     transform = "Affine" if args.sequence in settings.get("affine_sequences", ()) else settings.get("transform", "Rigid")
     return RegistrationOptions(
-        transform=transform, threads=args.threads, deterministic=settings.get("deterministic", False),
+        transform=transform, threads=args.threads, deterministic=settings.get("deterministic", True),
         seed=args.seed, sampling_rate=settings.get("sampling_rate", 0.25),
     )
 

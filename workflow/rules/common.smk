@@ -157,6 +157,12 @@ def optional_flags(inputs, names):
     return " ".join(f"--{flag} {shlex.quote(str(inputs[key]))}" for flag, key in names if key in present)
 
 
+def register_threads():
+    """One core when registration is deterministic (ANTs then runs one ITK thread): asking for more would
+    leave them idle; Snakemake runs the jobs side by side instead."""
+    return 1 if config["register"]["deterministic"] else config["threads"]["register"]
+
+
 def register_flags(wildcards, input):
     return optional_flags(
         input,

@@ -12,7 +12,7 @@ rule register:
         masks=register_flags,
         options=json.dumps(config["register"], sort_keys=True),
         seed=config["seed"],
-    threads: config["threads"]["register"]
+    threads: register_threads()
     resources:
         mem_mb=3000,
         runtime=20,
