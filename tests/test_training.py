@@ -234,6 +234,23 @@ def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "resumed" / name).exists(), name
 
 
+@pytest.mark.fault
+def test_killed_between_latest_and_best_resumes_to_the_same_weights(cohort: Path, tmp_path: Path) -> None:
+    """A kill after latest.pt but before best.pt was renamed (seen in the SIGKILL test): no best.pt and a
+    stale temporary. The resumed run rewrites best.pt, sweeps the temporary and ends as a straight one."""
+    options = quick_options()
+    train(make_run(cohort, tmp_path / "straight", options))
+    killed = tmp_path / "killed"
+    train(make_run(cohort, killed, options, stop_after=2))
+    (killed / "best.pt").unlink()
+    (killed / ".best.pt.k1ll3d.pt").write_bytes(b"")
+    train(make_run(cohort, killed, options, resume=True))
+    for name in ("best.pt", "latest.pt"):
+        straight, resumed = weights(tmp_path / "straight" / name), weights(killed / name)
+        assert all(torch.equal(straight[key], resumed[key]) for key in straight), name
+    assert not list(killed.glob(".*")), list(killed.glob(".*"))
+
+
 @pytest.mark.bad_input
 def test_checkpoint_of_another_configuration_is_refused(cohort: Path, tmp_path: Path) -> None:
     run = make_run(cohort, tmp_path, quick_options(iterations=2, val_every=2))

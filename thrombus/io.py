@@ -7,6 +7,7 @@ killed job or a full disk never leaves a truncated file that Snakemake (or a per
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
+    remove_stale_temporaries(target, suffix)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -52,6 +54,16 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(target: Path, suffix: str) -> list[Path]:
+    """Delete temporaries of `target` left by a writer that was killed (SIGKILL, a lost node): no
+    `finally` ran for them. Only one job writes a given output at a time (Snakemake's locks), so any
+    temporary of it that exists when the next write starts is stale."""
+    stale = [p for p in target.parent.glob(f".{glob.escape(target.name)}.*{glob.escape(suffix)}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(target: PathLike, text: str) -> Path:

@@ -43,7 +43,7 @@ from thrombus.model import ModelConfig, build_model, count_parameters
 from thrombus.options import check_known_keys
 from thrombus.progress import progress
 from thrombus.provenance import package_versions
-from thrombus.training.card import load_checkpoint, save_checkpoint
+from thrombus.training.card import CheckpointError, load_checkpoint, save_checkpoint
 from thrombus.training.data import AugmentOptions, Case, IterationSampler, SlabDataset, SlabOptions, crop_padded
 from thrombus.training.gmd import GMDOptions, apply_gmd, strength
 
@@ -386,7 +386,24 @@ class Trainer:
         self.best = dict(payload["best"])
         self.rows = [dict(row) for row in payload["log"]]
         restore_rng_state(payload["rng"], self.gmd_generator)
+        self.recover_best(path)
         log.info("resumed %s at iteration %d of %d", path, self.iteration, self.options.iterations)
+
+    def recover_best(self, latest: Path) -> None:
+        """best.pt is written right after latest.pt when a validation improves; a job killed between the
+        two leaves a latest.pt whose best is its own iteration and no (or an older) best.pt. That best
+        holds exactly latest's weights, so it is rewritten from them."""
+        if self.best.get("iteration") != self.iteration:
+            return
+        best = latest.with_name("best.pt")
+        expected = {key: value for key, value in self.run.card.items() if key != "code"}
+        try:
+            complete = best.exists() and int(load_checkpoint(best, expected).get("iteration", -1)) == self.iteration
+        except CheckpointError:
+            complete = False
+        if not complete:
+            log.warning("%s was cut short by a kill: rewritten from %s (the same iteration)", best, latest)
+            self.save("best.pt")
 
     def save(self, name: str) -> Path:
         return save_checkpoint(self.run.out_dir / name, self.run.card, self.model.state_dict(), **self.state())
