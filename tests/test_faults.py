@@ -92,7 +92,10 @@ def _run_and_kill(workdir: Path, config: Path, rule: str, timeout: float = 1200)
 
 
 def _stamps(workdir: Path) -> dict[Path, int]:
-    return {p.resolve(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
+    """Outputs and their times; not the temporaries a kill left (the next write of their target sweeps
+    them, and the end of the test checks that none is left)."""
+    return {p.resolve(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def _changed(before: dict[Path, int]) -> set[Path]:
