@@ -103,6 +103,7 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
         "predictions": [],
     }
     jobs = [(subset, s) for subset in sorted(request.subsets) for s in test]
+    unreadable = _unreadable()
     for subset, s in progress(jobs, desc="predicting", unit="case"):
         folder = subject_folder(staging, subset, s.center, s.subject)
         stack_dir = request.stacks_root / "results" / "harmonise" / s.center / s.subject
@@ -128,11 +129,11 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
             )
             _relocate(record, folder, subject_folder(request.out_dir, subset, s.center, s.subject))
             entry.update(status="ok", components=record.get("components"))
-        except (VolumeError, FileNotFoundError, ValueError, *_unreadable()) as error:
+        except (VolumeError, FileNotFoundError, ValueError, *unreadable) as error:
             if _is_model_error(error):
                 raise
             message = str(error)
-            if isinstance(error, _unreadable()):
+            if isinstance(error, unreadable):
                 message = (f"subject {s.subject} (center {s.center}): stack {stack_dir / 'stack.nii.gz'} cannot be read "
                            f"({type(error).__name__}: {error}); rerun harmonisation for this subject")
             log.error("fold %d, subset %s, subject %s (center %s): %s", request.fold, subset, s.subject, s.center, message)

@@ -374,8 +374,7 @@ class Trainer:
 
     def resume_from(self, path: Path) -> None:
         """Continue from a checkpoint of this very run; refused when its card differs from ours."""
-        expected = {key: value for key, value in self.run.card.items() if key != "code"}
-        payload = load_checkpoint(path, expected)
+        payload = load_checkpoint(path, self.expected_card())
         if payload["card"].get("code") != self.run.card.get("code"):
             log.warning("resuming %s made by code %s with code %s", path, payload["card"].get("code"), self.run.card.get("code"))
         self.model.load_state_dict(payload["model"])
@@ -396,14 +395,17 @@ class Trainer:
         if self.best.get("iteration") != self.iteration:
             return
         best = latest.with_name("best.pt")
-        expected = {key: value for key, value in self.run.card.items() if key != "code"}
         try:
-            complete = best.exists() and int(load_checkpoint(best, expected).get("iteration", -1)) == self.iteration
+            complete = best.exists() and int(load_checkpoint(best, self.expected_card()).get("iteration", -1)) == self.iteration
         except CheckpointError:
             complete = False
         if not complete:
             log.warning("%s was cut short by a kill: rewritten from %s (the same iteration)", best, latest)
             self.save("best.pt")
+
+    def expected_card(self) -> dict[str, Any]:
+        """What a checkpoint of this run must carry; the code version may differ (warned about, not refused)."""
+        return {key: value for key, value in self.run.card.items() if key != "code"}
 
     def save(self, name: str) -> Path:
         return save_checkpoint(self.run.out_dir / name, self.run.card, self.model.state_dict(), **self.state())
