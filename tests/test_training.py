@@ -176,6 +176,35 @@ def test_foreground_oversampling_rate(cohort: Path) -> None:
     assert all(not item["subject"].endswith("003") for item in foreground), "foreground slabs come from positive cases"
 
 
+def test_thick_slice_slabs_average_groups_of_slices_and_keep_the_thrombus(cohort: Path) -> None:
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    case = next(c for c in cases if c.positive)
+    assert case.slice_mm == pytest.approx(3.0)
+    dataset = SlabDataset(cases, SlabOptions(slab_depth=3, patch_size=(24, 24)), AugmentOptions(enabled=False), seed=3)
+    centre = tuple(int(v) for v in case.foreground[len(case.foreground) // 2])
+    thin, thin_label = dataset.extract(case, centre, 1)
+    image, label = dataset.extract(case, centre, 2)
+    assert image.shape == thin.shape and label.shape == thin_label.shape
+    z = centre[0]
+    # the middle thick slice merges slices z-1 and z (start = z - 1*2 - 1 = z - 3: groups [z-3, z-2], [z-1, z], ...)
+    expected = case.image[:, z - 1 : z + 1, centre[1] - 12 : centre[1] + 12, centre[2] - 12 : centre[2] + 12].mean(dim=1)
+    assert torch.allclose(image[:, 1], expected)
+    assert label[1].any(), "the merged slice holding the centre voxel is thrombus"
+    assert label.sum() > 0 and set(label.unique().tolist()) <= {0, 1}
+
+
+def test_thick_slices_are_drawn_only_where_a_subject_is_thin_enough() -> None:
+    options = AugmentOptions(thick_slice_probability=1.0, thick_slice_mm=6.5)
+    rng = np.random.default_rng(0)
+    assert {options.slice_factor(2.0, rng) for _ in range(200)} == {2, 3}
+    assert {options.slice_factor(2.4, rng) for _ in range(50)} == {2}
+    assert {options.slice_factor(6.0, rng) for _ in range(50)} == {1}, "a 6 mm center is already as thick as simulated"
+    assert AugmentOptions(enabled=False, thick_slice_probability=1.0).slice_factor(2.0, rng) == 1
+    state = np.random.default_rng(1)
+    AugmentOptions(thick_slice_probability=0.0).slice_factor(2.0, state)
+    assert state.random() == np.random.default_rng(1).random(), "switched off, it draws nothing from the stream"
+
+
 @pytest.mark.bad_input
 def test_positive_subject_without_mask_is_refused(cohort: Path, tmp_path: Path) -> None:
     sheet = read_sheet(cohort / "samples.tsv")

@@ -7,7 +7,12 @@ is centred on a random thrombus voxel of a thrombus-positive subject, with jitte
 always sit in the middle; otherwise it is centred on a random brain voxel of any subject.
 
 Augmentation is MONAI's (flips, a small in-plane affine, Gaussian noise, gamma contrast), wrapped where
-our data differ: the spatial transforms see the slab as C*D in-plane images, so every slice and sequence
+our data differ, plus one of our own, thick slices: centers acquire their reference at 2 to 6 mm, and a
+2.5D model that only ever saw 2 mm slabs reads a 6 mm center's D slices as a much taller, blurrier
+context. With `thick_slice_probability` a slab of a thin-slice subject is drawn k times as deep and each
+group of k slices averaged into one (the slice profile of a thicker acquisition; the label is kept where
+any of the k is thrombus, as the truth of thick slices keeps every voxel the clot passes through). In the
+other transforms: the spatial transforms see the slab as C*D in-plane images, so every slice and sequence
 moves together, the intensity transforms run per sequence, and the zero background of the skull-stripped
 stack (and a missing sequence's zeros) stays zero.
 
@@ -80,6 +85,9 @@ class AugmentOptions:
         noise_std: largest standard deviation of that noise (z-score units; each draw picks its own).
         contrast_probability: of a gamma change of contrast, per sequence.
         gamma: range of the gamma.
+        thick_slice_probability: of simulating a thicker acquisition (module docstring).
+        thick_slice_mm: thickest slice simulated; a subject's slices are merged k at a time, k >= 2
+            with k times its slice spacing at most this.
     """
 
     enabled: bool = True
@@ -91,15 +99,30 @@ class AugmentOptions:
     noise_std: float = 0.1
     contrast_probability: float = 0.15
     gamma: tuple[float, float] = (0.7, 1.5)
+    thick_slice_probability: float = 0.3
+    thick_slice_mm: float = 6.5
 
     def __post_init__(self) -> None:
-        for name in ("flip_probability", "affine_probability", "noise_probability", "contrast_probability"):
+        for name in ("flip_probability", "affine_probability", "noise_probability", "contrast_probability",
+                     "thick_slice_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"train.augmentation.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.scale < 0.5 or not 0.0 <= self.rotate_deg <= 45.0:
             raise ValueError(
                 f"train.augmentation: scale must be in [0, 0.5) and rotate_deg in [0, 45], got {self.scale}, {self.rotate_deg}"
             )
+
+    def slice_factor(self, slice_mm: float, rng: np.random.Generator) -> int:
+        """How many of a subject's slices one training slice merges (1: the slab as acquired).
+
+        Drawn only when the augmentation can apply, so that a run without it keeps its random stream.
+        """
+        largest = int(self.thick_slice_mm // slice_mm) if slice_mm > 0 else 1
+        if not self.enabled or self.thick_slice_probability == 0.0 or largest < 2:
+            return 1
+        if rng.random() >= self.thick_slice_probability:
+            return 1
+        return int(rng.integers(2, largest + 1))
 
     def margin(self, patch: int) -> int:
         """Extra in-plane context each side, so that a rotated and shrunk patch is filled with real data.
@@ -137,6 +160,7 @@ class Case:
         foreground: (n, 3) int64 coordinates (z, x, y) of the thrombus voxels.
         label_outside: thrombus voxels outside the brain's bounding box (missed by any prediction made
             inside it; validation counts them).
+        slice_mm: spacing of the slices (the thick-slice augmentation's unit).
     """
 
     subject: str
@@ -147,6 +171,7 @@ class Case:
     availability: Tensor
     foreground: np.ndarray
     label_outside: int
+    slice_mm: float = 0.0
 
     @property
     def positive(self) -> bool:
@@ -236,6 +261,7 @@ def load_case(source: CaseSource, channels: Sequence[str]) -> Case:
         availability=torch.tensor(availability, dtype=torch.float32),
         foreground=foreground,
         label_outside=int(label.sum()) - len(foreground),
+        slice_mm=float(image.header.get_zooms()[2]),
     )
 
 
@@ -374,15 +400,25 @@ class SlabDataset(Dataset):
                 return z, x, y
         return shape[0] // 2, shape[1] // 2, shape[2] // 2
 
-    def extract(self, case: Case, centre: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-        """Image (C, D, h, w) and label (D, h, w) around `centre`, with the augmentation margin in-plane."""
+    def extract(self, case: Case, centre: tuple[int, int, int], factor: int = 1) -> tuple[Tensor, Tensor]:
+        """Image (C, D, h, w) and label (D, h, w) around `centre`, with the augmentation margin in-plane.
+
+        With `factor` k > 1 the slab is read k*D slices deep, the centre slice in the middle group, and
+        every k slices merged: the image averaged, the label kept where any of them is thrombus.
+        """
+        depth = self.options.slab_depth
         size = (
-            self.options.slab_depth,
+            depth * factor,
             self.options.patch_size[0] + 2 * self.margins[0],
             self.options.patch_size[1] + 2 * self.margins[1],
         )
-        start = [c - s // 2 for c, s in zip(centre, size)]
-        return crop_padded(case.image, start, size), crop_padded(case.label, start, size)
+        start = [centre[0] - (depth // 2) * factor - factor // 2] + [c - s // 2 for c, s in zip(centre[1:], size[1:])]
+        image, label = crop_padded(case.image, start, size), crop_padded(case.label, start, size)
+        if factor == 1:
+            return image, label
+        image = image.reshape(image.shape[0], depth, factor, *size[1:]).mean(dim=2)
+        label = label.reshape(depth, factor, *size[1:]).amax(dim=1)
+        return image, label
 
     def augmented(self, image: Tensor, label: Tensor, seed: int) -> tuple[Tensor, Tensor]:
         """MONAI augmentation of one slab: spatial on C*D in-plane images, intensity per sequence."""
@@ -399,8 +435,9 @@ class SlabDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self.generator(index)
         case, centre, foreground = self.choose(rng)
+        factor = self.augment.slice_factor(case.slice_mm, rng)
         with one_thread():
-            image, label = self.extract(case, centre)
+            image, label = self.extract(case, centre, factor)
             if self.augment.enabled:
                 image, label = self.augmented(image, label, int(rng.integers(_MAX_SEED)))
         return {
