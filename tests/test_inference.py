@@ -169,7 +169,7 @@ def test_predict_subject_writes_maps_on_the_stack_grid_and_a_record(tmp_path: Pa
     affine = np.array([[2 * np.cos(angle), -2 * np.sin(angle), 0, -30.0], [2 * np.sin(angle), 2 * np.cos(angle), 0, 12.5],
                        [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
     post = tmp_path / "postprocessing.json"
-    post.write_text(json.dumps(Postprocessing(0.5, 3, ("V1",), 0.7, CRITERION).to_dict()))
+    post.write_text(json.dumps(Postprocessing(0.5, 30.0, ("V1",), 0.7, CRITERION).to_dict()))
     record = predict_subject(request(tmp_path / "out", untrained, *write_stack(tmp_path / "in", stack, affine=affine),
                                      postprocessing=post))
     probability, mask = nib.load(str(tmp_path / "out" / "probability.nii.gz")), nib.load(str(tmp_path / "out" / "mask.nii.gz"))
@@ -178,11 +178,13 @@ def test_predict_subject_writes_maps_on_the_stack_grid_and_a_record(tmp_path: Pa
         np.testing.assert_allclose(image.affine, affine, atol=1e-5)
         np.testing.assert_allclose(image.get_qform(), affine, atol=1e-5)
     mask_data = np.asarray(mask.dataobj)
-    assert np.array_equal(mask_data > 0, apply_postprocessing(np.asarray(probability.dataobj), Postprocessing(0.5, 3)))
+    # voxels of 2 x 2 x 3 = 12 mm^3: a 30 mm^3 filter drops components of 1 or 2 voxels
+    assert np.array_equal(mask_data > 0, apply_postprocessing(np.asarray(probability.dataobj), Postprocessing(0.5, 30.0),
+                                                              voxel_mm3=12.0))
     saved = json.loads((tmp_path / "out" / "record.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["checkpoint_sha256"] == sha256_file(untrained) and saved["code_version"]["thrombus"]
-    assert (saved["threshold"], saved["min_component_voxels"], saved["postprocessing"]["chosen_on"]) == (0.5, 3, ["V1"])
+    assert (saved["threshold"], saved["min_component_mm3"], saved["postprocessing"]["chosen_on"]) == (0.5, 30.0, ["V1"])
     assert saved["subject"] == "S001" and saved["center"] == "A" and saved["device"] == "cpu" and saved["seconds"] > 0
     assert sum(saved["component_voxels"]) == int(mask_data.sum()) == saved["predicted_voxels"]
     assert saved["components"] == len(saved["component_voxels"])
@@ -258,13 +260,24 @@ def test_apply_postprocessing_removes_small_components() -> None:
     probability[8, 8, 8] = probability[8, 8, 9] = 0.9  # 2 voxels
     probability[6, 0, 0] = probability[7, 1, 1] = probability[8, 2, 2] = 0.8  # corner-touching: one component under 26-connectivity
     probability[10, 10, 0] = 0.45  # below the threshold
-    kept = apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_voxels=3))
+    kept = apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_mm3=3.0), voxel_mm3=1.0)
     assert kept.dtype == bool
     assert kept[1:4, 1:4, 1:4].all() and kept[6, 0, 0] and kept[8, 2, 2]
     assert not kept[8, 8, 8] and not kept[10, 10, 0] and kept.sum() == 30
-    assert apply_postprocessing(probability, Postprocessing(threshold=0.5)).sum() == 32
-    assert apply_postprocessing(probability, Postprocessing(threshold=0.4)).sum() == 33
-    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_voxels=28)).sum() == 0
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5), voxel_mm3=1.0).sum() == 32
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.4), voxel_mm3=1.0).sum() == 33
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_mm3=28.0), voxel_mm3=1.0).sum() == 0
+    # The size is a volume: the same 3 mm^3 filter on 2 mm^3 voxels keeps the 2-voxel speck (4 mm^3) ...
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_mm3=3.0), voxel_mm3=2.0).sum() == 32
+    # ... and a 60 mm^3 filter keeps the 27-voxel blob on 4.86 mm^3 voxels (131 mm^3) but not on 2 mm^3 ones (54 mm^3)
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_mm3=60.0), voxel_mm3=4.86).sum() == 27
+    assert apply_postprocessing(probability, Postprocessing(threshold=0.5, min_component_mm3=60.0), voxel_mm3=2.0).sum() == 0
+
+
+@pytest.mark.bad_input
+def test_postprocessing_counting_voxels_is_refused_with_the_way_out() -> None:
+    with pytest.raises(ValueError, match="in voxels.*rerun the model's train job"):
+        Postprocessing.from_dict({"threshold": 0.5, "min_component_voxels": 20})
 
 
 def blob(value: float, corner: tuple[int, int, int], size: int, shape: tuple[int, int, int] = (20, 20, 20)) -> np.ndarray:
@@ -280,7 +293,8 @@ def test_calibration_threshold_removes_a_faint_false_positive_on_a_negative_case
     chosen = choose_postprocessing([positive, negative], [truth, np.zeros_like(truth)], ["P1", "N1"])
     assert chosen.threshold == pytest.approx(0.4)
     assert chosen.score == pytest.approx(1.0) and chosen.chosen_on == ("P1", "N1") and chosen.criterion == CRITERION
-    assert not apply_postprocessing(negative, chosen).any() and apply_postprocessing(positive, chosen).sum() == 27
+    assert not apply_postprocessing(negative, chosen, voxel_mm3=1.0).any()
+    assert apply_postprocessing(positive, chosen, voxel_mm3=1.0).sum() == 27
 
 
 def test_calibration_size_filter_and_tie_breaks() -> None:
@@ -289,10 +303,13 @@ def test_calibration_size_filter_and_tie_breaks() -> None:
     speck = np.zeros((20, 20, 20), dtype=np.float32)
     speck[12, 12, 12:17] = 0.9  # a 5-voxel false positive
     chosen = choose_postprocessing([positive, speck], [truth, np.zeros_like(truth)], ["P1", "N1"])
-    assert (chosen.threshold, chosen.min_component_voxels) == (0.5, 10), "threshold nearest 0.5, then the smallest size"
+    assert (chosen.threshold, chosen.min_component_mm3) == (0.5, 10.0), "threshold nearest 0.5, then the smallest size"
+    # On voxels of 3 mm^3 the 5-voxel speck is 15 mm^3: the smallest filter that removes it is 20 mm^3.
+    coarse = choose_postprocessing([positive, speck], [truth, np.zeros_like(truth)], ["P1", "N1"], voxel_volumes=[3.0, 3.0])
+    assert (coarse.threshold, coarse.min_component_mm3) == (0.5, 20.0)
     assert chosen.score == pytest.approx(1.0)
     default = choose_postprocessing([], [], [])
-    assert (default.threshold, default.min_component_voxels, default.criterion, default.score) == (0.5, 0, DEFAULT_CRITERION, None)
+    assert (default.threshold, default.min_component_mm3, default.criterion, default.score) == (0.5, 0.0, DEFAULT_CRITERION, None)
     assert Postprocessing.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
     with pytest.raises(ValueError, match="treshold"):
         Postprocessing.from_dict({"treshold": 0.3})
@@ -323,7 +340,7 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path) -> None:
     model_dir = overfit / "model"
     post = json.loads((model_dir / "postprocessing.json").read_text())
-    assert set(post) == {"threshold", "min_component_voxels", "chosen_on", "score", "criterion"}
+    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion"}
     assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == CRITERION
     assert json.loads((model_dir / "model_card.json").read_text())["postprocessing"] == post
     record = predict_subject(request(overfit / "predicted", model_dir / "best.pt", overfit / "P001" / "stack.nii.gz",

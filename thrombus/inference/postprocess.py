@@ -1,6 +1,6 @@
 """From a probability map to a thrombus mask: a threshold and a minimum component size, chosen on validation.
 
-A thrombus is a few hundred voxels; the errors that matter are whole spurious components (a vein or a
+A thrombus is a few hundred voxels on a thin-slice grid and a handful on a 6 mm one; the errors that matter are whole spurious components (a vein or a
 microbleed that looks like a clot) and a threshold that is slightly too strict for a faint clot. Both are
 settled here by two numbers, searched on the fold's validation subjects after training and written
 beside the checkpoint (`postprocessing.json`), so that inference on the test subjects uses settings that
@@ -20,6 +20,11 @@ regions of the grid are common on a handful of subjects) are broken toward thres
 training loss put the decision, then toward the smaller minimum size (removing less is the safer
 default), then toward the lower threshold (a missed clot is worse than a spurious one), so the choice is
 deterministic. Components are 26-connected, the rule the evaluation uses.
+
+The minimum size is a physical volume (mm^3), not a voxel count: the settings are chosen on the
+training centers' grids and applied to every other center's. A voxel of a 2 mm SWI is 2 mm^3, one of a
+6 mm T2* 4.9 mm^3, so a filter of 40 voxels chosen on the first (80 mm^3) removed every thrombus of the
+second (5-14 voxels there, 25-70 mm^3): a count of voxels does not transfer across centers.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Thresholds on the probability searched by calibration.
 THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-#: Minimum component sizes (voxels) searched by calibration; 0 keeps everything.
-SIZES: tuple[int, ...] = (0, 3, 5, 10, 20, 40)
+#: Minimum component volumes (mm^3) searched by calibration; 0 keeps everything.
+SIZES_MM3: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one component.
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 DEFAULT_CRITERION = "default: no validation subjects"
@@ -50,14 +55,14 @@ class Postprocessing:
 
     Attributes:
         threshold: a voxel is thrombus where its probability is above this.
-        min_component_voxels: 26-connected components smaller than this are dropped (0 keeps all).
+        min_component_mm3: 26-connected components of a smaller volume are dropped (0 keeps all).
         chosen_on: validation subjects the settings were chosen on (empty for the default).
         score: the calibration criterion at the chosen settings (None for the default).
         criterion: how they were chosen, in words.
     """
 
     threshold: float = 0.5
-    min_component_voxels: int = 0
+    min_component_mm3: float = 0.0
     chosen_on: tuple[str, ...] = ()
     score: float | None = None
     criterion: str = DEFAULT_CRITERION
@@ -65,8 +70,8 @@ class Postprocessing:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"postprocessing threshold must be in (0, 1), got {self.threshold}")
-        if self.min_component_voxels < 0:
-            raise ValueError(f"postprocessing min_component_voxels must be >= 0, got {self.min_component_voxels}")
+        if self.min_component_mm3 < 0:
+            raise ValueError(f"postprocessing min_component_mm3 must be >= 0, got {self.min_component_mm3}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the content of `postprocessing.json`)."""
@@ -78,6 +83,10 @@ class Postprocessing:
     def from_dict(cls, values: Mapping[str, Any]) -> Postprocessing:
         """The inverse of `to_dict`; unknown keys are an error, so a hand-edited typo cannot pass silently."""
         known = {f.name for f in fields(cls)}
+        if "min_component_voxels" in values:
+            raise ValueError("postprocessing settings count the minimum component size in voxels (written by an "
+                             "older version, which did not carry across grids): retrain, or rerun the model's train "
+                             "job with resume on, to calibrate min_component_mm3")
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown postprocessing keys {unknown}: the known keys are {sorted(known)}")
@@ -88,8 +97,8 @@ class Postprocessing:
             converted["score"] = float(converted["score"])
         if "threshold" in converted:
             converted["threshold"] = float(converted["threshold"])
-        if "min_component_voxels" in converted:
-            converted["min_component_voxels"] = int(converted["min_component_voxels"])
+        if "min_component_mm3" in converted:
+            converted["min_component_mm3"] = float(converted["min_component_mm3"])
         return cls(**converted)
 
 
@@ -99,13 +108,13 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.bincount(labels.ravel(), minlength=count + 1)
 
 
-def apply_postprocessing(probability: np.ndarray, post: Postprocessing) -> np.ndarray:
-    """The thrombus mask (bool) of a probability map: threshold, then drop components that are too small."""
+def apply_postprocessing(probability: np.ndarray, post: Postprocessing, *, voxel_mm3: float) -> np.ndarray:
+    """The thrombus mask (bool) of a probability map: threshold, then drop components of too small a volume."""
     mask = np.asarray(probability) > post.threshold
-    if post.min_component_voxels <= 1 or not mask.any():
+    if post.min_component_mm3 <= voxel_mm3 or not mask.any():
         return mask
     labels, sizes = label_components(mask)
-    keep = sizes >= post.min_component_voxels
+    keep = sizes * voxel_mm3 >= post.min_component_mm3
     keep[0] = False
     return keep[labels]
 
@@ -116,7 +125,8 @@ def component_sizes(mask: np.ndarray) -> list[int]:
     return sorted((int(s) for s in sizes[1:]), reverse=True)
 
 
-def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes: Sequence[int], threshold: float) -> list[float]:
+def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes: Sequence[float], threshold: float,
+                 voxel_mm3: float) -> list[float]:
     """The case score at one threshold for every minimum size, labelling the thresholded map only once.
 
     Each component's size and its overlap with the truth are counted once; a minimum size then only
@@ -129,7 +139,7 @@ def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes
     overlap = np.bincount(labels[truth], minlength=len(component_voxels))
     scores = []
     for size in sizes:
-        keep = component_voxels >= max(size, 1)
+        keep = component_voxels * voxel_mm3 >= max(size, voxel_mm3)
         keep[0] = False
         if truth_voxels == 0:
             scores.append(0.0 if keep.any() else 1.0)
@@ -139,7 +149,7 @@ def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes
     return scores
 
 
-def _preference(threshold: float, size: int) -> tuple[float, int, float]:
+def _preference(threshold: float, size: float) -> tuple[float, float, float]:
     """Tie-break key (larger wins): threshold nearest 0.5, then the smaller size, then the lower threshold."""
     return (-round(abs(threshold - 0.5), 9), -size, -threshold)
 
@@ -149,13 +159,15 @@ def choose_postprocessing(
     truths: Sequence[np.ndarray],
     subjects: Sequence[str],
     thresholds: Sequence[float] = THRESHOLDS,
-    sizes: Sequence[int] = SIZES,
+    sizes: Sequence[float] = SIZES_MM3,
     truth_outside: Sequence[int] | None = None,
+    voxel_volumes: Sequence[float] | None = None,
 ) -> Postprocessing:
-    """Grid search of threshold and minimum size on validation subjects (criterion: module docstring).
+    """Grid search of threshold and minimum volume on validation subjects (criterion: module docstring).
 
     `truth_outside` counts thrombus voxels of each subject that lie outside its arrays (outside the
     brain box a validation case is cropped to); they can only be missed, as in the training's Dice.
+    `voxel_volumes` (mm^3) are the subjects' voxels; without them every voxel counts as 1 mm^3.
     """
     if not (len(probabilities) == len(truths) == len(subjects)):
         raise ValueError(f"{len(probabilities)} probability maps, {len(truths)} truths and {len(subjects)} subjects: one each")
@@ -163,18 +175,19 @@ def choose_postprocessing(
         log.warning("no validation subjects: postprocessing keeps the defaults (threshold 0.5, no size filter)")
         return Postprocessing()
     outside = list(truth_outside) if truth_outside is not None else [0] * len(subjects)
+    volumes = list(voxel_volumes) if voxel_volumes is not None else [1.0] * len(subjects)
     totals = np.zeros((len(thresholds), len(sizes)))
-    for probability, truth, extra in zip(probabilities, truths, outside):
+    for probability, truth, extra, voxel_mm3 in zip(probabilities, truths, outside, volumes):
         if probability.shape != truth.shape:
             raise ValueError(f"probability map {probability.shape} and truth {truth.shape} differ in shape")
         for row, threshold in enumerate(thresholds):
-            totals[row] += _case_scores(probability, truth, int(extra), sizes, float(threshold))
+            totals[row] += _case_scores(probability, truth, int(extra), sizes, float(threshold), float(voxel_mm3))
     means = totals / len(subjects)
-    candidates = [(round(float(means[r, c]), 9), _preference(float(t), int(s)), float(t), int(s))
+    candidates = [(round(float(means[r, c]), 9), _preference(float(t), float(s)), float(t), float(s))
                   for r, t in enumerate(thresholds) for c, s in enumerate(sizes)]
     score, _, threshold, size = max(candidates)
     chosen = Postprocessing(threshold, size, tuple(subjects), score, CRITERION)
-    log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %d voxels, score %.4f",
+    log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %g mm^3, score %.4f",
              len(subjects), threshold, size, score)
     return chosen
 
@@ -204,5 +217,6 @@ def calibrate(
     finally:
         model.train(was_training)
     outside = [int(case.label_outside) for case in cases]
-    return choose_postprocessing(probabilities, truths, [case.subject for case in cases], truth_outside=outside)
+    return choose_postprocessing(probabilities, truths, [case.subject for case in cases], truth_outside=outside,
+                                 voxel_volumes=[case.voxel_mm3 for case in cases])
 

@@ -254,12 +254,13 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     probability = predict_probability(
         loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}"
     )
-    mask = apply_postprocessing(probability, post)
     affine = image.affine
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    mask = apply_postprocessing(probability, post, voxel_mm3=voxel_mm3)
     save_array(probability, affine, request.out_probability, np.float32)
     save_array(mask, affine, request.out_mask, np.uint8)
     sizes = component_sizes(mask)
-    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    voxel_ml = voxel_mm3 / 1000.0
     record = {
         "subject": request.subject,
         "center": request.center,
@@ -272,7 +273,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "dropped_by_request": [n for n, a, s in zip(channels, availability, selected) if a and not s],
         "postprocessing": {**post.to_dict(), "source": post_source},
         "threshold": post.threshold,
-        "min_component_voxels": post.min_component_voxels,
+        "min_component_mm3": post.min_component_mm3,
         "components": len(sizes),
         "component_voxels": sizes,
         "predicted_voxels": int(mask.sum()),

@@ -161,6 +161,7 @@ class Case:
         label_outside: thrombus voxels outside the brain's bounding box (missed by any prediction made
             inside it; validation counts them).
         slice_mm: spacing of the slices (the thick-slice augmentation's unit).
+        voxel_mm3: volume of a voxel (the postprocessing's minimum size is a volume).
     """
 
     subject: str
@@ -172,6 +173,7 @@ class Case:
     foreground: np.ndarray
     label_outside: int
     slice_mm: float = 0.0
+    voxel_mm3: float = 1.0
 
     @property
     def positive(self) -> bool:
@@ -262,6 +264,7 @@ def load_case(source: CaseSource, channels: Sequence[str]) -> Case:
         foreground=foreground,
         label_outside=int(label.sum()) - len(foreground),
         slice_mm=float(image.header.get_zooms()[2]),
+        voxel_mm3=float(np.prod(image.header.get_zooms()[:3])),
     )
 
 
