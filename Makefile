@@ -10,11 +10,12 @@ REALDATA ?= $(abspath ../shared/realdata)
 PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv demo test lint clean-demo help
+.PHONY: venv demo test bench lint clean-demo help
 
 help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/)"
 	@echo "make test   set up .venv and run the test suite"
+	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
 	@echo "make lint   snakemake --lint on the demo config"
 
 venv: $(STAMP)
@@ -47,6 +48,11 @@ demo: $(STAMP) cohort/demo/samples.tsv
 test: $(STAMP)
 	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The per-rule peak memory section reads the benchmark files of the last workflow run, when there is one.
+bench: $(STAMP)
+	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \
+		$(BIN)/python benchmarks/run.py $(if $(wildcard logs/benchmarks),--rule-benchmarks logs/benchmarks,) $(BENCH_ARGS)
 
 lint: $(STAMP) cohort/demo/samples.tsv
 	snakemake --lint

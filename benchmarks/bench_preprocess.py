@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import nibabel as nib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_skullstrip  # noqa: E402  (a sibling script, not a package)
+from figures import REPO, Figure  # noqa: E402
 
 THROMBUS = [sys.executable, "-m", "thrombus"]
 TCGA = "nifti/tcga_fg_6692_glioma/TCGA-FG-6692_"
@@ -125,6 +128,88 @@ def hdbet_speedup(threads: int) -> None:
     print(f"\nHD-BET on the real head: stock {stock['seconds']:.1f} s, ours {ours['seconds']:.1f} s, "
           f"speed-up {ratio:.1f}x (target >= {bench_skullstrip.TARGET_SPEEDUP:.0f}x), "
           f"mask Dice vs stock {bench_skullstrip.dice(ours['mask'], stock['mask']):.4f}")
+
+
+def one_subject_sheet(cohort: Path, folder: Path) -> tuple[Path, str, str]:
+    """The cohort's sheet cut to its first subject (absolute paths), and that subject's center and name."""
+    from thrombus.samples import read_sheet
+
+    sheet = read_sheet(cohort / "samples.tsv").iloc[:1]
+    path = folder / "samples.tsv"
+    sheet.to_csv(path, sep="\t", index=False)
+    return path, str(sheet.iloc[0]["center"]), str(sheet.iloc[0]["subject"])
+
+
+def workflow_run(cohort: Path, work: Path, threads: int) -> tuple[float, list[str]]:
+    """Snakemake preprocessing one subject (DICOM to stack) on `threads` cores: wall seconds, shell commands.
+
+    The commands come from the run's own log in the order the jobs started, which respects every
+    dependency, so replaying them one after another is a valid bare run of the same work.
+    """
+    work.mkdir(parents=True)
+    sheet, center, subject = one_subject_sheet(cohort, work)
+    command = [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work),
+               "--configfile", str(REPO / "config" / "config.yaml"), "--config", f"samples={sheet}",
+               "--cores", str(threads), "--printshellcmds", f"results/harmonise/{center}/{subject}/stack.nii.gz"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=_tool_env())
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"the workflow run failed:\n{done.stderr[-3000:]}")
+    shells = [line.split("Shell command:", 1)[1].strip() for line in done.stderr.splitlines() if "Shell command:" in line]
+    return seconds, shells
+
+
+def bare_run(work: Path, shells: list[str]) -> float:
+    """The same commands run one after another in a fresh copy of the folder, without Snakemake."""
+    results = work / "results"
+    shutil.rmtree(results)
+    shutil.rmtree(work / "logs", ignore_errors=True)
+    total = 0.0
+    for shell in shells:
+        for token in shlex.split(shell):
+            if token.startswith(("results/", "logs/")):
+                (work / token).parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        done = subprocess.run(shell, shell=True, cwd=work, capture_output=True, text=True, env=_tool_env())
+        total += time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"bare command failed: {shell[:200]}\n{done.stderr[-2000:]}")
+    return total
+
+
+def _tool_env() -> dict[str, str]:
+    """PATH with this interpreter's folder first (the rules call `thrombus` and `dcm2niix` by name)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def figures(threads: int = 2, cohort: Path | None = None) -> list[Figure]:
+    """Per-step seconds with their share of a subject, and the workflow's overhead on one subject."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="thrombus-bench-") as scratch:
+        work = Path(scratch)
+        if cohort is None:
+            from thrombus.synth import generate_cohort
+
+            cohort = work / "cohort"
+            generate_cohort(preset="tiny", out_dir=cohort, progress=False)
+        subject, images, reference, mask_sequence = synthetic_subject(cohort, work)
+        shape = nib.load(images[reference]).shape
+        timings = preprocess_subject(subject, images, reference, mask_sequence, work / "steps", threads)
+        total = sum(t.seconds for t in timings)
+        for t in timings:
+            rows.append(Figure(step=f"{t.step}, subject {subject} (reference {reference} {shape})",
+                               figure=f"{t.seconds:.1f} s, {t.peak_mb:.0f} MB peak", baseline=f"{total:.1f} s (the subject's steps)",
+                               ratio=t.seconds / total))
+        wall, shells = workflow_run(cohort, work / "workflow", threads)
+        bare = bare_run(work / "workflow", shells)
+        rows.append(Figure(step=f"preprocessing of one subject ({len(shells)} jobs, DICOM to stack) through Snakemake, "
+                                f"{threads} cores", figure=f"{wall:.1f} s",
+                           baseline=f"{bare:.1f} s (the same {len(shells)} commands run bare, one after another)",
+                           ratio=wall / bare))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

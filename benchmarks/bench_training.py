@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 
 from thrombus.model import ModelConfig, build_model, count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import Figure, memory_gib, render_text  # noqa: E402  (a sibling script, not a package)
 from thrombus.training.data import AugmentOptions, Case
 from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, autocast, batches, make_loss
 
@@ -90,23 +94,12 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _memory_gib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status: VmRSS (now) or VmHWM (peak).
-
-    Not getrusage's ru_maxrss: that peak survives exec, so a child would inherit its parent's.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024 / GIB
-    raise RuntimeError(f"/proc/self/status has no {field} (the CPU memory figures need Linux)")
-
-
 def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, device_name: str, steps: int) -> dict[str, Any]:
     """Training-step throughput and peak memory of one architecture on random slabs of `shape`."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device(device_name)
-    before = _memory_gib("VmRSS")
+    before = memory_gib("VmRSS")
     model = build_model(ModelConfig(architecture=architecture)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = make_loss()
@@ -131,7 +124,7 @@ def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, dev
         step()
     _synchronise(device)
     seconds = (time.perf_counter() - started) / steps
-    peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else _memory_gib("VmHWM") - before
+    peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else memory_gib("VmHWM") - before
     return {
         "architecture": architecture, "device": device_name, "input": list(shape), "parameters": count_parameters(model),
         "seconds_per_step": round(seconds, 4), "slabs_per_second": round(shape[0] / seconds, 2), "peak_gib": round(peak, 3),
@@ -171,6 +164,64 @@ def largest_batch_under(architecture: str, slab: tuple[int, ...], budget_gib: fl
     return best or {"architecture": architecture, "error": f"batch 1 does not fit {budget_gib} GiB"}
 
 
+def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
+    """Every figure of this benchmark as a JSON-able dict (the `--out` file)."""
+    torch.set_num_threads(threads)
+    options = TrainOptions()
+    cases = synthetic_cases(6, (60, 160, 190))
+    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": threads,
+                               "torch": torch.__version__, "options": {"batch_size": options.batch_size,
+                               "slab_depth": options.slab_depth, "patch_size": list(options.patch_size)}}
+    loader = loader_rate(cases, options, loader_batches)
+    raw = loader_rate(cases, TrainOptions(augmentation=AugmentOptions(enabled=False)), loader_batches)
+    step = step_rate(cases, ModelConfig(), options, threads, "cpu", steps)
+    results["loader"] = {"augmented_slabs_per_second": round(loader, 1), "raw_slabs_per_second": round(raw, 1),
+                         "train_step_slabs_per_second": round(step["slabs_per_second"], 2),
+                         "seconds_per_iteration": round(step["seconds_per_iteration"], 3),
+                         "loader_over_step": round(loader / step["slabs_per_second"], 1)}
+    shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
+    results["models_cpu"] = [isolated_cost(arch, shape, threads, "cpu", steps) for arch in ("upattllstm", "monai_attention_unet")]
+    if torch.cuda.is_available():
+        results["gpu"] = torch.cuda.get_device_name()
+        slab = (4, options.slab_depth, *options.patch_size)
+        results["models_cuda"] = [largest_batch_under(arch, slab, 8.0, steps) for arch in ("upattllstm", "monai_attention_unet")]
+        gpu_step = step_rate(cases, ModelConfig(), options, threads, "cuda", steps)
+        results["loader"]["cuda_train_step_slabs_per_second"] = round(gpu_step["slabs_per_second"], 2)
+    return results
+
+
+def figures_of(results: dict[str, Any]) -> list[Figure]:
+    """The benchmark table's rows: loader against step, ours against MONAI's AttentionUnet."""
+    loader, threads = results["loader"], results["threads"]
+    rows = [Figure(
+        step=f"training loader (augmented) vs training step, {threads} CPU threads",
+        figure=f"{loader['augmented_slabs_per_second']:.1f} slabs/s",
+        baseline=f"{loader['train_step_slabs_per_second']:.2f} slabs/s (UpAttLLSTM training step)",
+        ratio=loader["augmented_slabs_per_second"] / loader["train_step_slabs_per_second"],
+        target=">= 3x", met=loader["augmented_slabs_per_second"] >= 3 * loader["train_step_slabs_per_second"],
+    )]
+    if "cuda_train_step_slabs_per_second" in loader:
+        gpu = loader["cuda_train_step_slabs_per_second"]
+        rows.append(Figure(
+            step=f"training loader (1 process) vs training step on {results['gpu']}",
+            figure=f"{loader['augmented_slabs_per_second']:.1f} slabs/s", baseline=f"{gpu:.1f} slabs/s (GPU training step)",
+            ratio=loader["augmented_slabs_per_second"] / gpu, target=">= 1x per loader worker",
+            met=loader["augmented_slabs_per_second"] >= gpu,
+        ))
+    for key, where in (("models_cpu", f"{threads} CPU threads"), ("models_cuda", results.get("gpu", ""))):
+        models = {row.get("architecture"): row for row in results.get(key, []) if "error" not in row}
+        ours, monai = models.get("upattllstm"), models.get("monai_attention_unet")
+        if not (ours and monai):
+            continue
+        rows.append(Figure(
+            step=f"training step, UpAttLLSTM vs MONAI AttentionUnet, {where}, input {ours['input']}",
+            figure=f"{ours['slabs_per_second']:.2f} slabs/s, {ours['peak_gib']:.2f} GiB",
+            baseline=f"{monai['slabs_per_second']:.2f} slabs/s, {monai['peak_gib']:.2f} GiB (MONAI AttentionUnet, same widths)",
+            ratio=ours["slabs_per_second"] / monai["slabs_per_second"],
+        ))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -178,32 +229,9 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    options = TrainOptions()
-    cases = synthetic_cases(6, (60, 160, 190))
-    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                               "torch": torch.__version__, "options": {"batch_size": options.batch_size,
-                               "slab_depth": options.slab_depth, "patch_size": list(options.patch_size)}}
-    loader = loader_rate(cases, options, args.loader_batches)
-    raw = loader_rate(cases, TrainOptions(augmentation=AugmentOptions(enabled=False)), args.loader_batches)
-    step = step_rate(cases, ModelConfig(), options, args.threads, "cpu", args.steps)
-    results["loader"] = {"augmented_slabs_per_second": round(loader, 1), "raw_slabs_per_second": round(raw, 1),
-                         "train_step_slabs_per_second": round(step["slabs_per_second"], 2),
-                         "seconds_per_iteration": round(step["seconds_per_iteration"], 3),
-                         "loader_over_step": round(loader / step["slabs_per_second"], 1)}
-    print(json.dumps(results["loader"], indent=2))
-    shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
-    results["models_cpu"] = [isolated_cost(arch, shape, args.threads, "cpu", args.steps) for arch in ("upattllstm", "monai_attention_unet")]
-    for row in results["models_cpu"]:
-        print(json.dumps(row))
-    if torch.cuda.is_available():
-        results["gpu"] = torch.cuda.get_device_name()
-        slab = (4, options.slab_depth, *options.patch_size)
-        results["models_cuda"] = [largest_batch_under(arch, slab, 8.0, args.steps) for arch in ("upattllstm", "monai_attention_unet")]
-        gpu_step = step_rate(cases, ModelConfig(), options, args.threads, "cuda", args.steps)
-        results["loader"]["cuda_train_step_slabs_per_second"] = round(gpu_step["slabs_per_second"], 2)
-        for row in results["models_cuda"]:
-            print(json.dumps(row))
+    results = measure(args.threads, args.steps, args.loader_batches)
+    print(json.dumps(results, indent=2))
+    print(render_text(figures_of(results)))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

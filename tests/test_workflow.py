@@ -160,6 +160,21 @@ def test_tables_and_figures_of_the_smoke_run(tiny_cohort: Path, tiny_run: Path) 
     assert set(per_center["center"]) == {*labelled["center"], "all"}
 
 
+def test_every_job_measured_its_peak_and_stayed_under_its_request(tiny_run: Path) -> None:
+    """Snakemake's benchmark file of every job of the run: the fixed requests cover what was measured."""
+    from thrombus.resources import PEAK_MB, request_mb
+
+    folder = tiny_run / "logs" / "benchmarks"
+    rules = {path.name for path in folder.iterdir() if path.is_dir()}
+    assert {"convert", "skullstrip", "register", "brainmask", "harmonise", "train", "infer", "evaluate", "tables"} <= rules
+    for path in folder.rglob("*.tsv"):
+        rule = path.relative_to(folder).parts[0]
+        peak = float(pd.read_csv(path, sep="\t")["max_rss"].iloc[0])
+        assert peak > 10, (path, peak)
+        if rule in PEAK_MB:
+            assert peak < request_mb(rule), f"{path}: peak {peak:.0f} MB over the request of {request_mb(rule)} MB"
+
+
 def test_missing_sequences_are_removed_at_test_time(tiny_run: Path) -> None:
     """The subset without susceptibility really ran without it: its availability says so."""
     records = list((tiny_run / "results" / "predict" / "loco_gmd").glob("fold*/no_susceptibility/*/*/record.json"))

@@ -6,6 +6,7 @@ import shlex
 from snakemake.utils import validate
 
 from thrombus import experiments as exps
+from thrombus import resources
 from thrombus import samples as sheets
 
 
@@ -313,6 +314,11 @@ def train_options(wildcards):
 
 def resume_flag(wildcards):
     return "--resume" if experiment_of(wildcards).train.get("resume", True) else ""
+
+
+def mem_mb_for(name):
+    """The rule's measured peak with headroom (`thrombus.resources`), doubled on each retry."""
+    return lambda wildcards, attempt: resources.request_mb(name, attempt)
 
 
 def train_mem_mb(wildcards, input, attempt):

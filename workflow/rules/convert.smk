@@ -8,6 +8,8 @@ rule convert:
     log:
         record="logs/convert/{center}/{subject}/{sequence}.json",
         console="logs/convert/{center}/{subject}/{sequence}.log",
+    benchmark:
+        "logs/benchmarks/convert/{center}/{subject}/{sequence}.tsv"
     params:
         dicom_dir=convert_dicom_dir,
         series=convert_series,
@@ -15,7 +17,7 @@ rule convert:
         derive_adc="--derive-adc" if config["convert"]["derive_adc"] else "--no-derive-adc",
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb_for("convert"),
         runtime=10,
     conda:
         "../../envs/convert.yaml"

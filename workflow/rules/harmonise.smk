@@ -9,6 +9,8 @@ rule harmonise:
     log:
         record="logs/harmonise/{center}/{subject}.json",
         console="logs/harmonise/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/harmonise/{center}/{subject}.tsv"
     params:
         reference_sequence=reference_sequence,
         sequences=harmonise_sequences,
@@ -16,7 +18,7 @@ rule harmonise:
         options=json.dumps(config["harmonise"]),
     threads: config["threads"]["harmonise"]
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_for("harmonise"),
         runtime=10,
     conda:
         "../../envs/preprocess.yaml"
@@ -36,11 +38,13 @@ rule learn_histograms:
         "results/harmonise/histogram_scales.json",
     log:
         "logs/learn_histograms.log",
+    benchmark:
+        "logs/benchmarks/learn_histograms/all.tsv"
     params:
         options=json.dumps(config["harmonise"]),
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb_for("learn_histograms"),
         runtime=20,
     conda:
         "../../envs/preprocess.yaml"
@@ -58,9 +62,11 @@ rule qc_center:
         fingerprint="results/harmonise/{center}/fingerprint.json",
     log:
         "logs/qc_center/{center}.log",
+    benchmark:
+        "logs/benchmarks/qc_center/{center}.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb_for("qc_center"),
         runtime=5,
     conda:
         "../../envs/preprocess.yaml"

@@ -6,6 +6,8 @@ rule infer:
         directory("results/predict/{experiment}/fold{fold}"),
     log:
         "logs/infer/{experiment}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/infer/{experiment}/fold{fold}.tsv"
     wildcard_constraints:
         fold="[0-9]+",
     params:
@@ -34,6 +36,8 @@ rule evaluate:
         record="results/evaluation/{experiment}/fold{fold}.json",
     log:
         "logs/evaluate/{experiment}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{experiment}/fold{fold}.tsv"
     wildcard_constraints:
         fold="[0-9]+",
     params:
@@ -41,7 +45,7 @@ rule evaluate:
         options=json.dumps(config["evaluation"], sort_keys=True),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_for("evaluate"),
         runtime=10,
     conda:
         "../../envs/train.yaml"
@@ -69,6 +73,8 @@ rule tables:
         overlays=report("results/tables/figures/{table}_overlays.png", category="Figures", labels={"table": "{table}", "figure": "overlays"}),
     log:
         "logs/tables/{table}.log",
+    benchmark:
+        "logs/benchmarks/tables/{table}.tsv"
     params:
         title=table_title,
         experiments=table_experiments,
@@ -77,7 +83,7 @@ rule tables:
         options=json.dumps(config["evaluation"], sort_keys=True),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_for("tables"),
         runtime=10,
     conda:
         "../../envs/train.yaml"
@@ -97,6 +103,8 @@ rule predict:
         record="results/predictions/{center}/{subject}/record.json",
     log:
         "logs/predict/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/predict/{center}/{subject}.tsv"
     params:
         harmonise=json.dumps(config["harmonise"]),
     threads: config["threads"]["infer"]

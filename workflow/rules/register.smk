@@ -8,13 +8,15 @@ rule register:
         record="results/register/{center}/{subject}/{sequence}.json",
     log:
         "logs/register/{center}/{subject}/{sequence}.log",
+    benchmark:
+        "logs/benchmarks/register/{center}/{subject}/{sequence}.tsv"
     params:
         masks=register_flags,
         options=json.dumps(config["register"], sort_keys=True),
         seed=config["seed"],
     threads: register_threads()
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb_for("register"),
         runtime=20,
     conda:
         "../../envs/preprocess.yaml"
@@ -33,11 +35,13 @@ rule brainmask:
         "results/register/{center}/{subject}/brain_mask.nii.gz",
     log:
         "logs/brainmask/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/brainmask/{center}/{subject}.tsv"
     params:
         transform=brainmask_flags,
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb_for("brainmask"),
         runtime=5,
     conda:
         "../../envs/preprocess.yaml"

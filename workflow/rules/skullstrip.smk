@@ -7,12 +7,14 @@ rule skullstrip:
         record="results/skullstrip/{center}/{subject}/record.json",
     log:
         "logs/skullstrip/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/skullstrip/{center}/{subject}.tsv"
     params:
         sequence=skullstrip_sequence,
         options=json.dumps(config["skullstrip"], sort_keys=True),
     threads: config["threads"]["skullstrip"]
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb_for("skullstrip"),
         runtime=20,
     conda:
         "../../envs/preprocess.yaml"

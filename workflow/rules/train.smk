@@ -12,6 +12,8 @@ rule splits:
         update("results/splits/{split}.json"),
     log:
         "logs/splits/{split}.log",
+    benchmark:
+        "logs/benchmarks/splits/{split}.tsv"
     wildcard_constraints:
         split="monocentric|loco",
     params:
@@ -20,7 +22,7 @@ rule splits:
         seed=config["seed"],
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=mem_mb_for("splits"),
         runtime=5,
     conda:
         "../../envs/train.yaml"
@@ -47,6 +49,8 @@ rule train:
         ),
     log:
         "logs/train/{experiment}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/train/{experiment}/fold{fold}.tsv"
     wildcard_constraints:
         fold="[0-9]+",
     params:
