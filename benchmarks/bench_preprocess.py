@@ -28,6 +28,7 @@ import nibabel as nib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_skullstrip  # noqa: E402  (a sibling script, not a package)
+import rule_memory  # noqa: E402
 from figures import REPO, Figure  # noqa: E402
 
 THROMBUS = [sys.executable, "-m", "thrombus"]
@@ -131,10 +132,14 @@ def hdbet_speedup(threads: int) -> None:
 
 
 def one_subject_sheet(cohort: Path, folder: Path) -> tuple[Path, str, str]:
-    """The cohort's sheet cut to its first subject (absolute paths), and that subject's center and name."""
+    """The cohort's sheet cut to the first subject of each center, and the first subject's center and name.
+
+    One subject per center, not one in all: the config's experiments need every center to parse; only
+    the first subject's preprocessing is run.
+    """
     from thrombus.samples import read_sheet
 
-    sheet = read_sheet(cohort / "samples.tsv").iloc[:1]
+    sheet = read_sheet(cohort / "samples.tsv").groupby("center", sort=False).head(1)
     path = folder / "samples.tsv"
     sheet.to_csv(path, sep="\t", index=False)
     return path, str(sheet.iloc[0]["center"]), str(sheet.iloc[0]["subject"])
@@ -186,7 +191,8 @@ def _tool_env() -> dict[str, str]:
 
 
 def figures(threads: int = 2, cohort: Path | None = None) -> list[Figure]:
-    """Per-step seconds with their share of a subject, and the workflow's overhead on one subject."""
+    """Per-step seconds with their share of a subject, the workflow's overhead on one subject, and the
+    peak memory of each of its rules against their requests (Snakemake's benchmark files of that run)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="thrombus-bench-") as scratch:
         work = Path(scratch)
@@ -204,12 +210,13 @@ def figures(threads: int = 2, cohort: Path | None = None) -> list[Figure]:
                                figure=f"{t.seconds:.1f} s, {t.peak_mb:.0f} MB peak", baseline=f"{total:.1f} s (the subject's steps)",
                                ratio=t.seconds / total))
         wall, shells = workflow_run(cohort, work / "workflow", threads)
+        measured = rule_memory.figures(work / "workflow" / "logs" / "benchmarks")
         bare = bare_run(work / "workflow", shells)
         rows.append(Figure(step=f"preprocessing of one subject ({len(shells)} jobs, DICOM to stack) through Snakemake, "
                                 f"{threads} cores", figure=f"{wall:.1f} s",
                            baseline=f"{bare:.1f} s (the same {len(shells)} commands run bare, one after another)",
                            ratio=wall / bare))
-    return rows
+    return rows + measured
 
 
 def main(argv: list[str] | None = None) -> int:
