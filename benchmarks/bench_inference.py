@@ -90,8 +90,9 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
         def call() -> np.ndarray:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 if variant == "monai_slices":
-                    inferer = SliceInferer(roi_size=tuple(box.shape[2:4]), spatial_dim=2, sw_batch_size=4, overlap=0.0,
-                                           progress=False)
+                    # one window per slice: the in-plane box rounded up to the network's stride (MONAI pads)
+                    roi = tuple(-(-int(n) // 2 ** (len(widths) - 1)) * 2 ** (len(widths) - 1) for n in box.shape[2:4])
+                    inferer = SliceInferer(roi_size=roi, spatial_dim=2, sw_batch_size=4, overlap=0.0, progress=False)
                     logits = inferer(box.to(device), network)
                 else:
                     logits = sliding_window_inference(box.to(device), (96, 96, 32), 4, network, overlap=0.25, mode="gaussian")
@@ -111,19 +112,11 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
     return {"variant": variant, "device": device_name, "seconds": seconds, "peak_gib": peak}
 
 
-def _child(queue: Any, *args: Any) -> None:
-    queue.put(run_variant(*args))
-
-
 def run_isolated(*args: Any) -> dict[str, Any]:
-    """`run_variant` in a fresh spawned process (imports, caches and peak memory stay its own)."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, *args))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    """`run_variant` in a fresh spawned process (imports, caches and peak memory stay its own); its
+    exception, if any, is raised here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_variant, args)
 
 
 def figures(threads: int = 2, stack: Path | None = None) -> list[Figure]:
