@@ -18,7 +18,6 @@ harmonised stack. On a CUDA device the same three run again on the GPU.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import Figure, memory_gib, render_text  # noqa: E402  (a sibling script, not a package)
+from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 
 DEMO_SHAPE = (190, 220, 72)
 VARIANTS = ("ours", "monai_slices", "monai_3d")
@@ -112,13 +111,6 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
     return {"variant": variant, "device": device_name, "seconds": seconds, "peak_gib": peak}
 
 
-def run_isolated(*args: Any) -> dict[str, Any]:
-    """`run_variant` in a fresh spawned process (imports, caches and peak memory stay its own); its
-    exception, if any, is raised here."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_variant, args)
-
-
 def figures(threads: int = 2, stack: Path | None = None) -> list[Figure]:
     """Ours against both MONAI inferers, on CPU (and on CUDA when present)."""
     import torch
@@ -127,7 +119,7 @@ def figures(threads: int = 2, stack: Path | None = None) -> list[Figure]:
     shape = load_volume(stack).shape
     rows = []
     for device in devices:
-        results = {variant: run_isolated(variant, stack, threads, device) for variant in VARIANTS}
+        results = {variant: run_isolated(run_variant, variant, stack, threads, device) for variant in VARIANTS}
         ours = results["ours"]
         where = f"{threads} CPU threads" if device == "cpu" else torch.cuda.get_device_name()
         for variant, label in (("monai_slices", "MONAI SliceInferer, 2D AttentionUnet"),

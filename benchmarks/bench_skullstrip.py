@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import multiprocessing
 import os
 import resource
 import statistics
@@ -35,7 +34,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import Figure  # noqa: E402  (a sibling script, not a package)
+from figures import Figure, run_isolated as run_in_fresh_process  # noqa: E402  (a sibling script, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = "nifti/heads/robex_atlas_T1_head.nii.gz"
@@ -113,8 +112,7 @@ def run_variant(variant: str, head: Path, threads: int) -> dict[str, Any]:
 
 def run_isolated(variant: str, head: Path, threads: int) -> dict[str, Any]:
     """One variant in a fresh spawned process, so imports, caches and peak memory do not leak across."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_variant, (variant, head, threads))
+    return run_in_fresh_process(run_variant, variant, head, threads)
 
 
 def describe(variant: str) -> tuple[str, str, str, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import platform
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 from thrombus.model import ModelConfig, build_model, count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import Figure, memory_gib, render_text  # noqa: E402  (a sibling script, not a package)
+from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 from thrombus.training.data import AugmentOptions, Case
 from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, autocast, batches, make_loss
 
@@ -132,21 +131,6 @@ def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, dev
     }
 
 
-def _child(queue: Any, *args: Any) -> None:
-    queue.put(model_step_cost(*args))
-
-
-def isolated_cost(*args: Any) -> dict[str, Any]:
-    """`model_step_cost` in a fresh child process, so its peak RSS is that model's alone."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(queue, *args))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
 def largest_batch_under(architecture: str, slab: tuple[int, ...], budget_gib: float, steps: int) -> dict[str, Any]:
     """On CUDA: the largest power-of-two batch whose training step stays under `budget_gib`, and its cost."""
     best: dict[str, Any] | None = None
@@ -180,7 +164,7 @@ def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
                          "seconds_per_iteration": round(step["seconds_per_iteration"], 3),
                          "loader_over_step": round(loader / step["slabs_per_second"], 1)}
     shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
-    results["models_cpu"] = [isolated_cost(arch, shape, threads, "cpu", steps) for arch in ("upattllstm", "monai_attention_unet")]
+    results["models_cpu"] = [run_isolated(model_step_cost, arch, shape, threads, "cpu", steps) for arch in ("upattllstm", "monai_attention_unet")]
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
         slab = (4, options.slab_depth, *options.patch_size)

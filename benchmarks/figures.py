@@ -8,11 +8,14 @@ ratio is what the README and the issues quote. `write_markdown` adds the machine
 from __future__ import annotations
 
 import datetime
+import multiprocessing
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +61,13 @@ def render_markdown(figures: list[Figure]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
     return "\n".join([line(HEADER), line(tuple("---" for _ in HEADER)), *(line(f.cells()) for f in figures)])
+
+
+def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a fresh spawned process, so that imports, caches and peak memory are its own;
+    an exception in the child is raised here (a bare Process and Queue would wait for it forever)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
 
 
 def memory_gib(field: str) -> float:
