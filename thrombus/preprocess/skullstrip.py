@@ -222,7 +222,25 @@ def _load_fold(net: torch.nn.Module, fold: int, device: torch.device) -> None:
     unused = [key for key in state if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     for key in unused:
         del state[key]
-    net.load_state_dict(state)
+    net.load_state_dict(flush_subnormal(state))
+
+
+def flush_subnormal(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights with their subnormal values (below 1.2e-38) set to zero.
+
+    The shipped HD-BET weights hold 7.4 million of them per fold. On Intel CPUs every fp32 operation
+    on a subnormal takes a microcode assist: the test brain took 403 s in fp32 on a 2-core Xeon against
+    8.6 s in bf16 (which has no such penalty). AMD cores pay little for them, so CI never saw it.
+    Flushing the control register instead does not reach the intra-op threads already started; zeroing
+    the weights does, and changes no product by more than 1e-37.
+    """
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    for value in state.values():
+        if value.is_floating_point():
+            value[value.abs() < tiny] = 0.0
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------
