@@ -1,7 +1,9 @@
 """Benchmark: inference of one subject, ours against MONAI's sliding-window inference, on the same volume.
 
 * ours: `predict_probability` (what `thrombus predict` and the `infer` rule run) with the demo's
-  UpAttLLSTM: the brain's bounding box, stride-1 slabs of 5 slices along Z, overlapping slices averaged;
+  UpAttLLSTM: the brain's bounding box, slabs of 5 slices along Z at the default stride (5: each slice
+  predicted once); and again at stride 1 (every slice averaged over five slabs, the behaviour before
+  `train.predict_stride`), the before of that change;
 * MONAI, per slice: `monai.inferers.SliceInferer` running MONAI's 2D AttentionUnet with our widths on
   every axial slice of the same box (the ablation's `monai_attention_unet`, inferred MONAI's way);
 * MONAI, 3D: `sliding_window_inference` of a 3D AttentionUnet (the same widths) with 96x96x32 windows,
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 
 DEMO_SHAPE = (190, 220, 72)
-VARIANTS = ("ours", "monai_slices", "monai_3d")
+VARIANTS = ("ours", "ours_stride1", "monai_slices", "monai_3d")
 
 
 def demo_volume(shape: tuple[int, int, int] = DEMO_SHAPE, seed: int = 0) -> np.ndarray:
@@ -65,15 +67,17 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
     device = torch.device(device_name)
     volume = load_volume(stack)
     before = memory_gib("VmRSS")
-    if variant == "ours":
+    if variant.startswith("ours"):
         from thrombus.inference.predict import predict_probability
         from thrombus.model import ModelConfig, build_model
+        from thrombus.training.trainer import TrainOptions
 
         model = build_model(ModelConfig()).eval()
         availability = np.ones(volume.shape[3], dtype=np.float32)
+        stride = 1 if variant == "ours_stride1" else TrainOptions().stride
 
         def call() -> np.ndarray:
-            return predict_probability(model, volume, availability, slab_depth=5, batch_size=4, device=device)
+            return predict_probability(model, volume, availability, slab_depth=5, batch_size=4, device=device, stride=stride)
     else:
         from monai.inferers import SliceInferer, sliding_window_inference
         from monai.networks.nets import AttentionUnet
@@ -122,6 +126,13 @@ def figures(threads: int = 2, stack: Path | None = None) -> list[Figure]:
         results = {variant: run_isolated(run_variant, variant, stack, threads, device) for variant in VARIANTS}
         ours = results["ours"]
         where = f"{threads} CPU threads" if device == "cpu" else torch.cuda.get_device_name()
+        before = results["ours_stride1"]
+        rows.append(Figure(
+            step=f"inference of one subject {shape[:3]}, {where}: default slab stride against stride 1",
+            figure=f"{ours['seconds']:.1f} s, {ours['peak_gib']:.2f} GiB",
+            baseline=f"{before['seconds']:.1f} s, {before['peak_gib']:.2f} GiB (stride 1, before train.predict_stride)",
+            ratio=ours["seconds"] / before["seconds"],
+        ))
         for variant, label in (("monai_slices", "MONAI SliceInferer, 2D AttentionUnet"),
                                ("monai_3d", "MONAI sliding_window_inference, 3D AttentionUnet")):
             base = results[variant]

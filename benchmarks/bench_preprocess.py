@@ -61,12 +61,16 @@ def preprocess_subject(subject: str, images: dict[str, Path], reference: str, ma
     timings = [run_step(subject, f"skullstrip ({mask_sequence})", ["skullstrip", *ident, "--sequence", mask_sequence,
                                                                      "--image", str(images[mask_sequence]), "--out-mask", str(work / "native.nii.gz")])]
     others = [s for s in images if s != reference]
-    order = sorted(others, key=lambda s: s != mask_sequence)  # the mask sequence first: the others need its mask
+    # the mask sequence first (the others need its mask), DWI before ADC (ADC reuses its transform)
+    order = sorted(others, key=lambda s: (s != mask_sequence, s == "adc"))
     if mask_sequence == reference:
         timings.append(_brainmask(subject, ident, work, images[reference], None))
     for sequence in order:
         masks = (["--moving-mask", str(work / "native.nii.gz")] if sequence == mask_sequence
                  else ["--fixed-mask", str(work / "brain_mask.nii.gz")])
+        if sequence == "adc" and "dwi" in others:  # as the workflow does: ADC moves as its DWI did when they share a grid
+            masks += ["--partner-image", str(images["dwi"]), "--partner-transform", str(work / "dwi.mat"),
+                      "--partner-record", str(work / "dwi.json")]
         timings.append(run_step(subject, f"register {sequence}", [
             "register", *ident, "--sequence", sequence, "--reference", str(images[reference]), "--moving", str(images[sequence]),
             *masks, "--out-image", str(work / f"{sequence}.nii.gz"), "--out-transform", str(work / f"{sequence}.mat"),

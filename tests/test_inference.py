@@ -38,7 +38,7 @@ from thrombus.io import sha256_file
 from thrombus.model import ModelConfig, build_model
 from thrombus.training.card import CheckpointError, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
-from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, predict_case, train
+from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, predict_case, slab_centres, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (32, 32, 12)
@@ -80,11 +80,13 @@ def write_stack(folder: Path, stack: np.ndarray, channels: tuple[str, ...] = CHA
     return folder / "stack.nii.gz", folder / "stack.json"
 
 
-def untrained_checkpoint(path: Path, model: ModelConfig = TINY_MODEL, harmonise: dict | None = None) -> Path:
-    """A checkpoint of freshly initialised weights, with the card training would write."""
+def untrained_checkpoint(path: Path, model: ModelConfig = TINY_MODEL, harmonise: dict | None = None,
+                         stride: int | None = None) -> Path:
+    """A checkpoint of freshly initialised weights, with the card training would write (no stride: an older card)."""
     torch.manual_seed(0)
     network = build_model(model)
-    card = make_card(model, harmonise or HARMONISE, {"slab_depth": 3, "patch_size": [32, 32]}, {"seed": 0})
+    data = {"slab_depth": 3, "patch_size": [32, 32], **({"predict_stride": stride} if stride else {})}
+    card = make_card(model, harmonise or HARMONISE, data, {"seed": 0})
     return save_checkpoint(path, card, network.state_dict())
 
 
@@ -126,6 +128,31 @@ def test_probability_covers_the_grid_and_is_zero_outside_the_brain_box(tmp_path:
     case = load_case(CaseSource("S001", "A", stack_path, summary, None, False), CHANNELS)
     expected = torch.sigmoid(predict_case(model.eval(), case, 3, 4, CPU)).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(probability[box], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 7, 10, 24])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_slabs_at_any_stride_cover_every_slice_and_end_on_the_last(depth: int, stride: int) -> None:
+    centres = slab_centres(depth, 3, stride)
+    covered = {z for c in centres for z in range(c - 1, c + 2) if 0 <= z < depth}
+    assert covered == set(range(depth))
+    assert centres[-1] == max(depth - 2, 1) and all(0 < b - a <= stride for a, b in zip(centres, centres[1:]))
+    with pytest.raises(ValueError, match="between 1 and the slab depth"):
+        slab_centres(depth, 3, 4)
+
+
+def test_inference_uses_the_stride_of_the_card_and_old_cards_stride_one(tmp_path: Path) -> None:
+    stack, _ = make_stack(1, positive=True)
+    paths = write_stack(tmp_path / "case", stack)
+    old = predict_subject(request(tmp_path / "old", untrained_checkpoint(tmp_path / "old.pt"), *paths))
+    strided = predict_subject(request(tmp_path / "s3", untrained_checkpoint(tmp_path / "s3.pt", stride=3), *paths))
+    assert (old["predict_stride"], strided["predict_stride"]) == (1, 3)
+    one, three = probability_of(tmp_path / "old" / "probability.nii.gz"), probability_of(tmp_path / "s3" / "probability.nii.gz")
+    assert not np.array_equal(one, three)  # fewer slabs averaged: the maps differ, slightly
+    np.testing.assert_allclose(one, three, atol=0.2)
+    assert TrainOptions(slab_depth=3).stride == 3 and TrainOptions(slab_depth=5, predict_stride=2).stride == 2
+    with pytest.raises(ValueError, match="predict_stride"):
+        TrainOptions(slab_depth=3, predict_stride=5)
 
 
 def test_dropping_a_sequence_equals_a_missing_one(tmp_path: Path, untrained: Path) -> None:

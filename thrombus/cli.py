@@ -73,7 +73,7 @@ def _registration_options(args: argparse.Namespace) -> object:
     transform = "Affine" if args.sequence in settings.get("affine_sequences", ()) else settings.get("transform", "Rigid")
     return RegistrationOptions(
         transform=transform, threads=args.threads, deterministic=settings.get("deterministic", True),
-        seed=args.seed, sampling_rate=settings.get("sampling_rate", 0.25),
+        seed=args.seed, sampling_rate=settings.get("sampling_rate", RegistrationOptions.sampling_rate),
     )
 
 

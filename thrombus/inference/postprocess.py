@@ -193,9 +193,10 @@ def choose_postprocessing(
 
 
 def calibrate(
-    model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, progress: bool = True
+    model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, stride: int = 1,
+    progress: bool = True,
 ) -> Postprocessing:
-    """Predict the validation cases as validation does (whole volumes, stride-1 slabs) and choose the settings.
+    """Predict the validation cases as validation does (whole volumes, slabs `stride` apart) and choose the settings.
 
     The model is put in eval mode for the predictions and handed back in the mode it came in.
     """
@@ -211,7 +212,7 @@ def calibrate(
     probabilities, truths = [], []
     try:
         for case in tqdm(cases, desc="calibrating", unit="subject", leave=False, disable=not progress):
-            logits = predict_case(model, case, slab_depth, batch_size, device)
+            logits = predict_case(model, case, slab_depth, batch_size, device, stride)
             probabilities.append(torch.sigmoid(logits).numpy())
             truths.append(case.label.numpy())
     finally:

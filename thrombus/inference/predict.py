@@ -1,7 +1,7 @@
 """Inference on one subject: a harmonised stack in, a thrombus probability map, a mask and a record out.
 
 The prediction is made exactly as validation made it during training (`trainer.predict_case`: the
-brain's bounding box, stride-1 slabs along Z, overlapping slices averaged, bf16 autocast on CUDA), so
+brain's bounding box, slabs along Z at the card's `predict_stride`, overlapping slices averaged, bf16 autocast on CUDA), so
 the postprocessing calibrated on validation subjects applies unchanged. No ground truth is needed: this
 is the step that runs on new data.
 
@@ -82,6 +82,7 @@ def predict_probability(
     batch_size: int,
     device: torch.device,
     what: str = "stack",
+    stride: int = 1,
 ) -> np.ndarray:
     """Thrombus probability (X, Y, Z) float32 on the stack's full grid, zero outside the brain's bounding box.
 
@@ -107,7 +108,7 @@ def predict_probability(
     was_training = model.training
     model.to(device).eval()
     try:
-        logits = predict_case(model, case, slab_depth, batch_size, device)
+        logits = predict_case(model, case, slab_depth, batch_size, device, stride)
     finally:
         model.train(was_training)
     probability = np.zeros(image.shape[:3], dtype=np.float32)
@@ -251,8 +252,9 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     selected = select_channels(availability, channels, request.keep)
     data = zero_missing(data, selected)
     slab_depth = int(loaded.card["data"]["slab_depth"])
+    stride = int(loaded.card["data"].get("predict_stride", 1))  # cards from before the option: stride 1
     probability = predict_probability(
-        loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}"
+        loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride
     )
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
@@ -272,6 +274,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "availability": dict(zip(channels, (int(v) for v in selected))),
         "dropped_by_request": [n for n, a, s in zip(channels, availability, selected) if a and not s],
         "postprocessing": {**post.to_dict(), "source": post_source},
+        "predict_stride": stride,
         "threshold": post.threshold,
         "min_component_mm3": post.min_component_mm3,
         "components": len(sizes),

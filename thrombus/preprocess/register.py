@@ -44,7 +44,8 @@ class RegistrationOptions:
     iterations: tuple[int, ...] = (1000, 500, 100)
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
-    sampling_rate: float = 0.25
+    #: 0.1 halves the time of 0.25 for a residual within 0.06 mm of it on the demo cohort (BENCHMARKS.md)
+    sampling_rate: float = 0.1
     histogram_bins: int = 32
     #: Retried when the first attempt looks failed: no coarse level, which thick-slice EPI (30 slices
     #: of 5 mm) sometimes cannot cross without the optimiser running off by centimetres.
