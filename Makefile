@@ -10,10 +10,11 @@ REALDATA ?= $(abspath ../shared/realdata)
 PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv demo test bench lint clean-demo help
+.PHONY: venv demo paper test bench lint clean-demo help
 
 help:
-	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/)"
+	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
+	@echo "make paper  the paper's tables with the full ablation on the 36-subject cohort: hours on 2 cores"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
 	@echo "make lint   snakemake --lint on the demo config"
@@ -32,9 +33,13 @@ $(STAMP): pyproject.toml
 cohort/demo/samples.tsv: $(STAMP)
 	thrombus synth --preset demo --out cohort/demo --threads 2
 
-demo: $(STAMP) cohort/demo/samples.tsv
-	snakemake --profile profiles/local all
-	snakemake --profile profiles/local --report results/report.html all
+cohort/paper/samples.tsv: $(STAMP)
+	thrombus synth --preset paper --out cohort/paper --threads 2
+
+# The whole chain, report included, then the tables and where everything is. $(1): extra snakemake arguments.
+define run_chain
+	snakemake --profile profiles/local $(1) all
+	snakemake --profile profiles/local $(1) --report results/report.html all
 	@for table in results/tables/*.md; do case $$table in *_per_center.md) ;; *) echo; cat $$table;; esac; done
 	@echo
 	@echo "Report (tables, figures, learning curves): $(CURDIR)/results/report.html"
@@ -43,7 +48,18 @@ demo: $(STAMP) cohort/demo/samples.tsv
 	@echo "Predictions:                               $(CURDIR)/results/predict/<experiment>/fold<k>/<subset>/"
 	@echo "Model-ready stacks:                        $(CURDIR)/results/harmonise/<center>/<subject>/stack.nii.gz"
 	@echo "QC per subject / per center:               $(CURDIR)/results/qc/"
+endef
+
+# The demo's scope (config/config.yaml): 12 subjects, 4 trainings, under 20 minutes on 2 cores.
+demo: $(STAMP) cohort/demo/samples.tsv
+	$(call run_chain,)
 	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
+
+# The paper's three tables with the full ablation (config/paper.yaml): 36 subjects, 12 trainings, hours.
+# It writes into results/ too: `make clean-demo` first when results/ holds the demo's run.
+paper: $(STAMP) cohort/paper/samples.tsv
+	$(call run_chain,--configfile config/paper.yaml)
+	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/paper/truth/ and cohort/paper/qc/"
 
 test: $(STAMP)
 	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \
@@ -58,4 +74,4 @@ lint: $(STAMP) cohort/demo/samples.tsv
 	snakemake --lint
 
 clean-demo:
-	rm -rf cohort/demo results logs .snakemake
+	rm -rf cohort/demo cohort/paper results logs .snakemake

@@ -145,7 +145,7 @@ def test_dwi_has_b0_and_b1000_in_one_series(truths: list[dict], converted: dict)
 def test_series_descriptions_match_exactly_one_default_pattern(cohort: Path) -> None:
     patterns = {name: re.compile(p, re.IGNORECASE) for name, p in _patterns().items()}
     descriptions = set()
-    for name in ("tiny", "demo"):
+    for name in ("tiny", "demo", "paper"):
         for center in load_preset(name).centers:
             for sequence, series in center.series.items():
                 descriptions.add((sequence, series.description))

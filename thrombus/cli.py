@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="generate the synthetic multi-center DICOM cohort")
-    synth.add_argument("--preset", default="demo", help="tiny, demo, or a preset YAML file (default: demo)")
+    synth.add_argument("--preset", default="demo", help="tiny, demo, paper, or a preset YAML file (default: demo)")
     synth.add_argument("--out", required=True, help="output folder (dicom/, truth/, samples.tsv, qc/)")
     synth.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")

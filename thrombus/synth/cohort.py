@@ -134,7 +134,7 @@ def generate_cohort(preset: str | Path | Preset, out_dir: Path, seed: int | None
                     threads: int = 1) -> CohortSummary:
     """Generate the synthetic multi-center cohort as DICOM series plus ground truth and a sample sheet.
 
-    `preset` is 'tiny', 'demo', a preset YAML file or a loaded Preset; `seed` overrides the preset's.
+    `preset` is 'tiny', 'demo', 'paper', a preset YAML file or a loaded Preset; `seed` overrides the preset's.
     `threads` subjects are generated in parallel (worker processes); the files do not depend on it.
     """
     started = time.perf_counter()

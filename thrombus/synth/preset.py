@@ -19,7 +19,7 @@ import yaml
 ACQUIRED: tuple[str, ...] = ("swi", "t2star", "dwi", "flair", "t1")
 
 #: Built-in presets shipped as package data (thrombus/data/synth/<name>.yaml).
-BUILTIN: tuple[str, ...] = ("tiny", "demo")
+BUILTIN: tuple[str, ...] = ("tiny", "demo", "paper")
 
 #: Manufacturer string -> vendor family; the family decides private DICOM tags and scaling habits.
 VENDOR_FAMILIES: dict[str, str] = {"siemens": "siemens", "ge": "ge", "philips": "philips"}
@@ -128,7 +128,7 @@ def vendor_family(manufacturer: str) -> str:
 
 
 def load_preset(preset: str | Path) -> Preset:
-    """Load and validate a built-in preset by name ('tiny', 'demo') or a preset YAML file."""
+    """Load and validate a built-in preset by name ('tiny', 'demo', 'paper') or a preset YAML file."""
     if isinstance(preset, str) and preset in BUILTIN:
         source = f"built-in preset '{preset}'"
         text = resources.files("thrombus").joinpath("data", "synth", f"{preset}.yaml").read_text(encoding="utf-8")
