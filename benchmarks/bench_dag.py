@@ -2,7 +2,7 @@
 
 Figures, each with its baseline measured in the same run:
 
-* DAG: `snakemake -n` of the whole chain (preprocessing, the demo config's 12 trainings, inference,
+* DAG: `snakemake -n` of the whole chain (preprocessing, config/paper.yaml's 12 trainings, inference,
   evaluation, tables) on the generated sheet, against Snakemake alone building a DAG of the same number
   of jobs from a one-rule Snakefile (what any workflow of that size costs);
 * per-job overhead: a real run (one core) of K jobs that each run `thrombus --version`, against the same K jobs
@@ -74,7 +74,8 @@ def job_count(dry_run_output: str) -> int:
 
 def dag_of_the_workflow(work: Path, sheet: Path) -> tuple[float, int]:
     seconds, output = timed([str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(work), "-n", "--quiet", "rules", "host", "reason",
-                             "--configfile", str(REPO / "config" / "config.yaml"), "--config", f"samples={sheet}"], work)
+                             "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "paper.yaml"),
+                             "--config", f"samples={sheet}"], work)
     return seconds, job_count(output)
 
 

@@ -136,3 +136,25 @@ def test_adc_inherits_a_failed_dwi_registration(tmp_path: Path) -> None:
                            reuse_record=tmp_path / "dwi.json")
     assert record["qc"]["usable"] is False
     assert record["qc"]["flags"] == ["reused transform: mutual information decreased"]
+
+
+def test_only_the_finest_level_runs_on_the_metric_grid() -> None:
+    """A 1 mm reference is coarsened to 2 mm for the finest level alone; a reference already coarser
+    than the metric spacing (or none asked) keeps one ANTs run on its own grid."""
+    from thrombus.preprocess.register import import_ants, metric_grid, stages
+
+    ants = import_ants(1, deterministic=True, seed=1)
+    fine = ants.from_numpy(np.ones((40, 50, 12), dtype=np.float32), spacing=(1.0, 1.0, 5.0))
+    mask = fine.clone()
+    coarse, coarse_mask = metric_grid(ants, fine, mask, 2.0)
+    assert tuple(coarse.spacing) == pytest.approx((2.0, 2.0, 5.0)) and coarse.shape == (20, 25, 12)
+    assert tuple(coarse_mask.spacing) == tuple(coarse.spacing)
+    options = RegistrationOptions()
+    schedule = (options.iterations, options.shrink_factors, options.smoothing_sigmas)
+    runs = stages(fine, mask, coarse, coarse_mask, schedule)
+    assert [run[0] is fine for run in runs] == [True, False]
+    assert runs[0][2] == [(1000, 4, 2.0), (500, 2, 1.0)] and runs[1][2] == [(100, 1, 0.0)]
+    assert metric_grid(ants, fine, mask, None) == (fine, mask)
+    thick = ants.from_numpy(np.ones((20, 20, 8), dtype=np.float32), spacing=(2.5, 2.5, 6.0))
+    same, _ = metric_grid(ants, thick, None, 2.0)
+    assert same is thick and len(stages(thick, None, same, None, schedule)) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from thrombus.resources import FLOOR_MB, HEADROOM, PEAK_MB, request_mb
+from thrombus.resources import FLOOR_MB, HEADROOM, PEAK_MB, files_mb, request_mb
 
 RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
 
@@ -50,3 +50,13 @@ def test_every_rule_benchmarks_itself_and_fixed_costs_come_from_the_table() -> N
         else:
             assert re.search(r"mem_mb=\w+_mem_mb,", text), f"rule {rule}: memory neither measured nor scaled with input"
     assert set(PEAK_MB) <= set(blocks), set(PEAK_MB) - set(blocks)
+
+
+def test_files_mb_sums_the_files_that_exist(tmp_path: Path) -> None:
+    """The train/infer requests read input sizes with a stat per file; a file not yet made counts 0,
+    as in Snakemake's own `input.size_mb`."""
+    (tmp_path / "a.nii.gz").write_bytes(b"\0" * (1024 * 1024))
+    (tmp_path / "b.json").write_bytes(b"\0" * (512 * 1024))
+    paths = [tmp_path / "a.nii.gz", str(tmp_path / "b.json"), tmp_path / "not_yet.nii.gz"]
+    assert files_mb(paths) == 1.5
+    assert files_mb([]) == 0.0

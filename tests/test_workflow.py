@@ -36,6 +36,26 @@ def test_dry_run_of_the_demo_config(tiny_cohort: Path, tmp_path: Path) -> None:
     assert f"convert           {pairs}" in done.stdout or f"convert {pairs}" in " ".join(done.stdout.split())
 
 
+def _job_counts(dry_run_output: str) -> dict[str, int]:
+    """Rule -> job count from the `Job stats` table of a dry run."""
+    table = dry_run_output.split("Job stats:")[1].split("Reasons:")[0]
+    return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines())
+            if len(parts) == 2 and parts[1].isdigit()}
+
+
+@pytest.mark.parametrize("overlay, trainings", [(None, 1), ("paper.yaml", 12)])
+def test_shipped_configs_train_what_they_say(tiny_cohort: Path, tmp_path: Path, overlay: str | None, trainings: int) -> None:
+    """config.yaml keeps `make demo` to one training; config/paper.yaml lays the paper's 12 over it (an
+    overlay can only add experiments and tables, so a slip in either file shows here)."""
+    configs = [str(REPO / "config" / "config.yaml")] + ([str(REPO / "config" / overlay)] if overlay else [])
+    done = snakemake(tmp_path, "-n", "--quiet", "rules", "host", "reason", "--configfile", *configs,
+                     "--config", f"samples={tiny_cohort / 'samples.tsv'}", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = _job_counts(done.stdout + done.stderr)
+    assert counts["train"] == trainings, counts
+    assert counts["tables"] == (3 if overlay else 1), counts
+
+
 def test_converted_geometry_matches_the_generator(tiny_cohort: Path, tiny_run: Path) -> None:
     sheet = read_sheet(tiny_cohort / "samples.tsv")
     checked = 0

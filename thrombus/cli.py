@@ -74,6 +74,7 @@ def _registration_options(args: argparse.Namespace) -> object:
     return RegistrationOptions(
         transform=transform, threads=args.threads, deterministic=settings.get("deterministic", True),
         seed=args.seed, sampling_rate=settings.get("sampling_rate", RegistrationOptions.sampling_rate),
+        metric_spacing_mm=settings.get("metric_spacing_mm", RegistrationOptions.metric_spacing_mm),
     )
 
 

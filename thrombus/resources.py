@@ -14,6 +14,8 @@ raise it with `--set-resources <rule>:mem_mb=...` or in a profile.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 
 #: Largest max_rss (MB) measured per rule, 2026-12-02: one demo subject (190 x 220 x 72 SWI reference,
 #: `benchmarks/bench_preprocess.py`, the rule's command bare and through Snakemake) and the tiny cohort's
@@ -46,3 +48,20 @@ def request_mb(rule: str, attempt: int = 1) -> int:
         raise KeyError(f"no measured peak for rule {rule!r}; add it to thrombus.resources.PEAK_MB")
     first = max(int(math.ceil(PEAK_MB[rule] * HEADROOM / 100.0) * 100), FLOOR_MB)
     return first * max(int(attempt), 1)
+
+
+def files_mb(paths: Iterable[str | os.PathLike[str]]) -> float:
+    """Total size in MiB of those of `paths` that exist (a file not yet made counts 0).
+
+    Replaces Snakemake's `input.size_mb` for jobs with thousands of inputs (`train`, `infer` read
+    every labelled stack): that property sends each file through Snakemake's storage layer, about
+    0.1 s per job of 2000 inputs, which at 1000 subjects was 7% of the whole DAG build; a stat per
+    local file costs about 1% of that. Snakemake evaluates the request again once the inputs exist.
+    """
+    total = 0
+    for path in paths:
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            continue
+    return total / (1024 * 1024)

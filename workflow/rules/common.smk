@@ -324,7 +324,7 @@ def mem_mb_for(name):
 def train_mem_mb(wildcards, input, attempt):
     """Measured: 0.9 GB for the network and a batch of 8 x 4 x 5 x 64 x 64, plus the cases held in
     memory (about 4x their compressed size); doubled on a retry after an out-of-memory kill."""
-    return int((1500 + 4 * input.size_mb) * attempt)
+    return int((1500 + 4 * resources.files_mb(input)) * attempt)
 
 
 def train_runtime(wildcards, attempt):
@@ -346,7 +346,7 @@ def infer_inputs(wildcards):
 def infer_mem_mb(wildcards, input, attempt):
     """The network, plus one subject's stack at a time (about 8x its compressed size as float tensors,
     probability map and slabs); doubled on a retry."""
-    stack_mb = input.size_mb / max(len(LABELLED), 1)
+    stack_mb = resources.files_mb(input) / max(len(LABELLED), 1)
     return int((1500 + 8 * stack_mb) * attempt)
 
 
