@@ -85,3 +85,14 @@ def test_deep_merge_does_not_touch_its_inputs() -> None:
     base = {"a": {"b": 1, "c": 2}}
     merged = deep_merge(base, {"a": {"b": 3}})
     assert merged == {"a": {"b": 3, "c": 2}} and base == {"a": {"b": 1, "c": 2}}
+
+
+def test_a_table_can_keep_the_fold_its_variants_share() -> None:
+    """An ablation row of the method would pool every held-out center while the variants show one;
+    `folds` keeps every row on the same fold, and a fold some experiment does not run is refused."""
+    found = experiments(_config(), SUBJECTS)
+    ablation = {"t": {"experiments": ["loco_gmd", "loco_none"], "subsets": ["all"], "folds": [2]}}
+    assert table_folds(_config(tables=ablation), found) == [("loco_gmd", 2), ("loco_none", 2)]
+    wrong = {"t": {"experiments": ["loco_gmd", "loco_none"], "folds": [0]}}
+    with pytest.raises(ConfigError, match=r"tables\.t\.folds names folds \[0\] that experiment 'loco_none'"):
+        table_folds(_config(tables=wrong), found)

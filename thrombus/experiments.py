@@ -122,13 +122,28 @@ def check_tables(config: Mapping[str, Any], channels: Sequence[str]) -> None:
             )
 
 
+def folds_of_table(table: str, settings: Mapping[str, Any], found: Mapping[str, Experiment]) -> list[tuple[str, int]]:
+    """(experiment, fold) behind one table's rows: every fold of each experiment, or those of its `folds`.
+
+    An ablation compares variants trained on one fold against the method trained on every fold; without
+    `folds` the method's row would pool all held-out centers while the others show one.
+    """
+    wanted = settings.get("folds")
+    pairs = []
+    for experiment in settings["experiments"]:
+        folds = list(found[experiment].folds)
+        if wanted is not None:
+            missing = [fold for fold in wanted if fold not in folds]
+            if missing:
+                raise ConfigError(
+                    f"tables.{table}.folds names folds {missing} that experiment {experiment!r} does not run "
+                    f"(its folds: {folds})"
+                )
+            folds = [fold for fold in folds if fold in wanted]
+        pairs.extend((experiment, fold) for fold in folds)
+    return pairs
+
+
 def table_folds(config: Mapping[str, Any], found: Mapping[str, Experiment]) -> list[tuple[str, int]]:
     """(experiment, fold) of every model the tables need, each once, in a stable order."""
-    return sorted(
-        {
-            (experiment, fold)
-            for settings in config["tables"].values()
-            for experiment in settings["experiments"]
-            for fold in found[experiment].folds
-        }
-    )
+    return sorted({pair for table, settings in config["tables"].items() for pair in folds_of_table(table, settings, found)})

@@ -364,7 +364,7 @@ def experiment_subsets(wildcards):
 
 def table_folds(table):
     settings = config["tables"][table]
-    return [(experiment, fold) for experiment in settings["experiments"] for fold in EXPERIMENTS[experiment].folds]
+    return exps.folds_of_table(table, settings, EXPERIMENTS)
 
 
 def table_inputs(wildcards):
