@@ -158,3 +158,16 @@ def test_only_the_finest_level_runs_on_the_metric_grid() -> None:
     thick = ants.from_numpy(np.ones((20, 20, 8), dtype=np.float32), spacing=(2.5, 2.5, 6.0))
     same, _ = metric_grid(ants, thick, None, 2.0)
     assert same is thick and len(stages(thick, None, same, None, schedule)) == 1
+
+
+def test_ants_is_imported_without_its_plotting_and_learning_parts() -> None:
+    """Every register and brainmask job imports ants; its matplotlib and scikit-learn parts were about
+    half of that import and no step uses them."""
+    script = (
+        "import sys; from thrombus.preprocess.register import import_ants;"
+        "ants = import_ants(1, deterministic=True, seed=1);"
+        "assert callable(ants.registration) and callable(ants.apply_transforms) and callable(ants.image_similarity);"
+        "print(' '.join(m for m in ('matplotlib.pyplot', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", done.stdout

@@ -62,6 +62,20 @@ class RegistrationOptions:
     max_translation_mm: float = 20.0
 
 
+#: antspyx subpackages that `import ants` executes and the workflow never calls: plotting (matplotlib),
+#: learn (statsmodels, scipy.stats) and deeplearn (scikit-learn); about half of the import's time, paid
+#: by every register and brainmask job (four a subject). Empty modules stand in for them in a process
+#: that has not imported ants yet, so `ants.plot` and its kin do not exist there.
+UNUSED_ANTS_PARTS: tuple[str, ...] = ("ants.learn", "ants.plotting", "ants.deeplearn")
+
+
+def _skip_unused_ants_parts() -> None:
+    if "ants" in sys.modules:
+        return
+    for name in UNUSED_ANTS_PARTS:
+        sys.modules.setdefault(name, ModuleType(name, "left out by thrombus: the workflow does not use it"))
+
+
 def import_ants(threads: int, deterministic: bool = False, seed: int = 1) -> ModuleType:
     """Import antspyx with ITK's thread count set first, which ITK reads only once, at import.
 
@@ -74,6 +88,7 @@ def import_ants(threads: int, deterministic: bool = False, seed: int = 1) -> Mod
     if "ants" in sys.modules and os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS") != str(count):
         log.warning("ants was imported before its thread count was set; ITK may not use %d thread(s)", count)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(count)
+    _skip_unused_ants_parts()
     import ants
 
     ants.config.set_ants_deterministic(deterministic, max(1, int(seed)))
