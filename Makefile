@@ -50,7 +50,7 @@ define run_chain
 	@echo "QC per subject / per center:               $(CURDIR)/results/qc/"
 endef
 
-# The demo's scope (config/config.yaml): 12 subjects, 4 trainings, under 20 minutes on 2 cores.
+# The demo's scope (config/config.yaml): 12 subjects, one training, under 20 minutes on 2 cores.
 demo: $(STAMP) cohort/demo/samples.tsv
 	$(call run_chain,)
 	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
