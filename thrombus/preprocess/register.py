@@ -215,8 +215,7 @@ def register(
                 initial = result["fwdtransforms"][0]
             transform = Path(result["fwdtransforms"][0])
             angle, shift, matrix = _motion(ants, transform)
-            # ANTs' own output lies on the grid of the last stage, the reference's only without a metric grid
-            warped = result["warpedmovout"] if grid is fixed else apply(ants, fixed, moving, transform)
+            warped = apply(ants, fixed, moving, transform)
             mi_after = _mutual_information(ants, fixed, warped, reference_mask)
             candidate = Registration(transform, warped, mi_before, mi_after, angle, shift, matrix, attempt + 1)
             if best is None or candidate.mi_after > best.mi_after:
