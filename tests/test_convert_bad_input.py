@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thrombus.convert import ConvertRequest, SeriesError, convert_sequence
+from thrombus.convert import ConversionError, ConvertRequest, SeriesError, convert_sequence, convert_subject
 from thrombus.samples import read_sheet
 
 
@@ -103,3 +103,51 @@ def test_ambiguous_pattern_is_refused(subject: tuple[str, str, Path, dict[str, s
     patterns = {"swi": ".", "dwi": "diff"}
     with pytest.raises(SeriesError, match="match"):
         convert_sequence(ConvertRequest(name, center, "swi", dicom_dir, "auto", patterns), tmp_path / "a.nii.gz", tmp_path / "a.json")
+
+
+def _requests(subject: tuple[str, str, Path, dict[str, str]]) -> list[ConvertRequest]:
+    name, center, dicom_dir, series = subject
+    return [ConvertRequest(name, center, sequence, dicom_dir, folder) for sequence, folder in series.items()]
+
+
+def test_a_subject_is_converted_whole_into_its_folder(subject: tuple[str, str, Path, dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "results" / subject[0]
+    out.mkdir(parents=True)  # Snakemake may make the folder of a directory output before the job runs
+    record = convert_subject(_requests(subject), out, tmp_path / "record.json")
+    names = {p.name for p in out.iterdir()}
+    assert names == {f"{s}{ext}" for s in subject[3] for ext in (".nii.gz", ".json")}
+    assert set(record["outputs"]) == set(subject[3])
+    assert record["outputs"]["swi"]["nifti"] == str(out / "swi.nii.gz")
+    assert not list(out.parent.glob(".*")), "the staging folder was left behind"
+
+
+@pytest.mark.bad_input
+def test_one_bad_sequence_leaves_the_subject_unconverted_and_every_failure_is_named(
+    subject: tuple[str, str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    name, center, dicom_dir, series = subject
+    _remove_middle_slice(dicom_dir / series["swi"], dicom_dir / series["dwi"])
+    out = tmp_path / "results" / name
+    with pytest.raises(SeriesError, match=f"center {center}, subject {name}, swi"):
+        convert_subject(_requests(subject), out)
+    assert not out.exists() and not list(out.parent.glob(".*"))
+    _empty_folder(dicom_dir / series["flair"], dicom_dir / series["dwi"])
+    with pytest.raises(ConversionError) as raised:  # two broken series: one run names both
+        convert_subject(_requests(subject), out)
+    text = str(raised.value)
+    assert "2 sequences failed" in text and "a slice is missing" in text and "is empty" in text
+    assert str(dicom_dir / series["swi"]) in text and str(dicom_dir / series["flair"]) in text
+    assert not out.exists()
+
+
+def test_a_killed_attempts_staging_folder_is_replaced(subject: tuple[str, str, Path, dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    from thrombus.convert.subject import staging_folder
+
+    out = tmp_path / "results" / subject[0]
+    leftover = staging_folder(out)
+    leftover.mkdir(parents=True)
+    (leftover / "swi.nii.gz").write_bytes(b"half written")
+    convert_subject(_requests(subject)[:1], out)
+    assert not leftover.exists() and {p.name for p in out.iterdir()} == {"swi.nii.gz", "swi.json"}

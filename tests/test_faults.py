@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -222,9 +223,8 @@ def test_full_disk_leaves_no_output_to_trust_and_a_rerun_completes(tiny_cohort: 
     with _nearly_full_disk(tmp_path) as (disk, limit):
         out = disk / "out"
         command = [str(BIN / "thrombus"), "convert", "--subject", row["subject"], "--center", row["center"],
-                   "--sequence", "swi", "--dicom-dir", row["dicom_dir"], "--series", row["swi"],
-                   "--out", str(out / "swi.nii.gz"), "--sidecar", str(out / "swi.json"),
-                   "--record", str(tmp_path / "logs" / "swi.record.json")]  # the job's log, as in the rules
+                   "--dicom-dir", row["dicom_dir"], "--series", json.dumps({"swi": row["swi"]}), "--out-dir", str(out),
+                   "--record", str(tmp_path / "logs" / "record.json")]  # the job's log, as in the rules
         full = subprocess.run(command, env=tool_env(), capture_output=True, text=True, timeout=300, preexec_fn=limit)
         assert full.returncode == 1, full.stderr
         message = next(line for line in full.stderr.splitlines() if line.startswith("ERROR thrombus"))
@@ -232,6 +232,7 @@ def test_full_disk_leaves_no_output_to_trust_and_a_rerun_completes(tiny_cohort: 
         assert any(cause in message for cause in ("No space left on device", "File too large", "SIGXFSZ")), message
         assert "Traceback" not in full.stderr
         assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+        assert not list(disk.glob(".*")), "the staging folder was left behind"
         for filler in disk.glob("filler"):
             filler.unlink()
         again = subprocess.run(command, env=tool_env(), capture_output=True, text=True, timeout=300)

@@ -139,10 +139,11 @@ def test_bad_subject_fails_alone_with_keep_going(tiny_cohort: Path, tmp_path: Pa
     config = write_config(tmp_path / "config.yaml", samples=str(cohort / "samples.tsv"))
     done = snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(config), "--", "convert_all", timeout=900)
     assert done.returncode != 0
-    log = (tmp_path / "logs" / "convert" / victim["center"] / victim["subject"] / "swi.log").read_text()
+    log = (tmp_path / "logs" / "convert" / victim["center"] / f"{victim['subject']}.log").read_text()
     assert f"center {victim['center']}, subject {victim['subject']}, swi" in log and "a slice is missing" in log
     assert str(folder) in log
-    assert not (tmp_path / "results" / "convert" / victim["center"] / victim["subject"] / "swi.nii.gz").exists()
+    # the subject's folder is written whole or not at all: not even its good sequences are left
+    assert not (tmp_path / "results" / "convert" / victim["center"] / victim["subject"]).exists()
     others = [r for _, r in sheet.iterrows() if r["subject"] != victim["subject"]]
     for row in others:
         for sequence in ("swi", "t2star", "dwi", "adc", "flair", "t1"):

@@ -29,9 +29,22 @@ def names_pattern(names):
 
 
 def converted(subject):
-    """The converted NIfTI of every sequence a subject has."""
+    """The subject's conversion folder (one job converts all its sequences into it).
+
+    Downstream jobs take the folder as their input and the images in it as parameters: Snakemake
+    tracks a directory output as one file.
+    """
     s = ALL_SUBJECTS[subject]
-    return [f"results/convert/{s.center}/{s.subject}/{seq}.nii.gz" for seq in s.sequences]
+    return f"results/convert/{s.center}/{s.subject}"
+
+
+def converted_image(subject, sequence):
+    """A converted image, inside the subject's conversion folder."""
+    return f"{converted(subject)}/{sequence}.nii.gz"
+
+
+def converted_of(wildcards):
+    return converted(wildcards.subject)
 
 
 def all_targets():
@@ -118,8 +131,7 @@ def registered_sequences(subject):
 
 
 def skullstrip_image(wildcards):
-    s = ALL_SUBJECTS[wildcards.subject]
-    return f"results/convert/{s.center}/{s.subject}/{mask_sequence_of(s.subject)}.nii.gz"
+    return converted_image(wildcards.subject, mask_sequence_of(wildcards.subject))
 
 
 def skullstrip_sequence(wildcards):
@@ -127,26 +139,32 @@ def skullstrip_sequence(wildcards):
 
 
 def reference_image(wildcards):
-    s = ALL_SUBJECTS[wildcards.subject]
-    return f"results/convert/{s.center}/{s.subject}/{reference_of(s.subject)}.nii.gz"
+    return converted_image(wildcards.subject, reference_of(wildcards.subject))
+
+
+def moving_image(wildcards):
+    return converted_image(wildcards.subject, wildcards.sequence)
+
+
+def shares_dwi_grid(wildcards):
+    """ADC may reuse the DWI transform (when both share one grid): the registration then needs DWI's image."""
+    return wildcards.sequence == "adc" and "dwi" in registered_sequences(wildcards.subject)
 
 
 def register_inputs(wildcards):
-    """Reference and moving image, plus the mask that steers the metric.
+    """The conversion folder (reference and moving image), plus the mask that steers the metric.
 
     The sequence HD-BET ran on is registered with its own (moving) brain mask, since the reference-grid
     mask is made from its transform; every other sequence uses the reference-grid mask. ADC also gets
-    the DWI image and transform, reused when both share one grid.
+    the DWI transform, reused when both share one grid.
     """
     s, seq = ALL_SUBJECTS[wildcards.subject], wildcards.sequence
-    base = f"results/convert/{s.center}/{s.subject}"
-    inputs = {"reference": reference_image(wildcards), "moving": f"{base}/{seq}.nii.gz"}
+    inputs = {"converted": converted(s.subject)}
     if seq == mask_sequence_of(s.subject):
         inputs["moving_mask"] = f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz"
     else:
         inputs["fixed_mask"] = f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz"
-    if seq == "adc" and "dwi" in registered_sequences(s.subject):
-        inputs["partner_image"] = f"{base}/dwi.nii.gz"
+    if shares_dwi_grid(wildcards):
         inputs["partner_transform"] = f"results/register/{s.center}/{s.subject}/dwi.mat"
         inputs["partner_record"] = f"results/register/{s.center}/{s.subject}/dwi.json"
     return inputs
@@ -165,12 +183,14 @@ def register_threads():
 
 
 def register_flags(wildcards, input):
-    return optional_flags(
+    flags = optional_flags(
         input,
         [("fixed-mask", "fixed_mask"), ("moving-mask", "moving_mask"),
-         ("partner-image", "partner_image"), ("partner-transform", "partner_transform"),
-         ("partner-record", "partner_record")],
+         ("partner-transform", "partner_transform"), ("partner-record", "partner_record")],
     )
+    if shares_dwi_grid(wildcards):
+        flags += f" --partner-image {shlex.quote(converted_image(wildcards.subject, 'dwi'))}"
+    return flags
 
 
 def brainmask_flags(wildcards, input):
@@ -186,7 +206,7 @@ def brainmask_inputs(wildcards):
     s = ALL_SUBJECTS[wildcards.subject]
     inputs = {
         "native_mask": f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz",
-        "reference": reference_image(wildcards),
+        "converted": converted(s.subject),
     }
     mask_seq = mask_sequence_of(s.subject)
     if mask_seq != reference_of(s.subject):
@@ -199,7 +219,7 @@ def harmonise_inputs(wildcards):
     root = f"results/register/{s.center}/{s.subject}"
     others = registered_sequences(s.subject)
     inputs = {
-        "reference": reference_image(wildcards),
+        "converted": converted(s.subject),
         "brain_mask": f"{root}/brain_mask.nii.gz",
         "images": [f"{root}/{seq}.nii.gz" for seq in others],
         "records": [f"{root}/{seq}.json" for seq in others],
@@ -222,7 +242,7 @@ def histogram_subjects():
 def histogram_images(subject):
     """A subject's images on the reference grid, by sequence: the reference and the registered ones."""
     s = ALL_SUBJECTS[subject]
-    images = {reference_of(subject): f"results/convert/{s.center}/{s.subject}/{reference_of(subject)}.nii.gz"}
+    images = {reference_of(subject): converted_image(subject, reference_of(subject))}
     images.update({seq: f"results/register/{s.center}/{s.subject}/{seq}.nii.gz" for seq in registered_sequences(subject)})
     return images
 
@@ -232,8 +252,14 @@ def learn_histograms_inputs(wildcards):
     subjects = histogram_subjects()
     return {
         "masks": [f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz" for s in subjects],
-        "images": [path for s in subjects for path in histogram_images(s.subject).values()],
+        "converted": [converted(s.subject) for s in subjects],
+        "registered": [path for s in subjects for seq, path in histogram_images(s.subject).items() if seq != reference_of(s.subject)],
     }
+
+
+def learn_histograms_images(wildcards):
+    """Every image of the histogram subjects, quoted for the shell (references sit in conversion folders)."""
+    return " ".join(shlex.quote(path) for s in histogram_subjects() for path in histogram_images(s.subject).values())
 
 
 def harmonise_sequences(wildcards):
@@ -253,13 +279,16 @@ def qc_center_inputs(wildcards):
     }
 
 
-def convert_source(wildcards):
-    """The DICOM folder a convert job reads: the series folder, or the subject's folder for `auto`."""
-    return sheets.series_folder(ALL_SUBJECTS[wildcards.subject], wildcards.sequence)
+def convert_sources(wildcards):
+    """The DICOM folders a convert job reads: each series folder, or the subject's folder for `auto`."""
+    s = ALL_SUBJECTS[wildcards.subject]
+    return sorted({sheets.series_folder(s, seq) for seq in s.sequences})
 
 
 def convert_series(wildcards):
-    return ALL_SUBJECTS[wildcards.subject].series[wildcards.sequence]
+    """{sequence: series folder or 'auto'} of the subject, as JSON for the command line."""
+    s = ALL_SUBJECTS[wildcards.subject]
+    return json.dumps({seq: s.series[seq] for seq in s.sequences})
 
 
 def convert_dicom_dir(wildcards):

@@ -1,15 +1,14 @@
 rule convert:
-    """DICOM series -> NIfTI + scrubbed JSON sidecar (dcm2niix), one job per subject and sequence."""
+    """DICOM series -> NIfTI + scrubbed JSON sidecar (dcm2niix), every sequence of a subject in one job."""
     input:
-        dicom=convert_source,
+        dicom=convert_sources,
     output:
-        nifti="results/convert/{center}/{subject}/{sequence}.nii.gz",
-        sidecar="results/convert/{center}/{subject}/{sequence}.json",
+        directory("results/convert/{center}/{subject}"),
     log:
-        record="logs/convert/{center}/{subject}/{sequence}.json",
-        console="logs/convert/{center}/{subject}/{sequence}.log",
+        record="logs/convert/{center}/{subject}.json",
+        console="logs/convert/{center}/{subject}.log",
     benchmark:
-        "logs/benchmarks/convert/{center}/{subject}/{sequence}.tsv"
+        "logs/benchmarks/convert/{center}/{subject}.tsv"
     params:
         dicom_dir=convert_dicom_dir,
         series=convert_series,
@@ -23,6 +22,5 @@ rule convert:
         "../../envs/convert.yaml"
     shell:
         "thrombus convert --center {wildcards.center} --subject {wildcards.subject}"
-        " --sequence {wildcards.sequence} --dicom-dir {params.dicom_dir:q} --series {params.series:q}"
-        " --patterns {params.patterns:q} {params.derive_adc} --out {output.nifti:q}"
-        " --sidecar {output.sidecar:q} --record {log.record:q} 2> {log.console:q}"
+        " --dicom-dir {params.dicom_dir:q} --series {params.series:q} --patterns {params.patterns:q}"
+        " {params.derive_adc} --out-dir {output:q} --record {log.record:q} 2> {log.console:q}"

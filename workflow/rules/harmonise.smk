@@ -12,6 +12,7 @@ rule harmonise:
     benchmark:
         "logs/benchmarks/harmonise/{center}/{subject}.tsv"
     params:
+        reference=reference_image,
         reference_sequence=reference_sequence,
         sequences=harmonise_sequences,
         scales=harmonise_flags,
@@ -24,7 +25,7 @@ rule harmonise:
         "../../envs/preprocess.yaml"
     shell:
         "thrombus harmonise --center {wildcards.center} --subject {wildcards.subject}"
-        " --reference {input.reference:q} --reference-sequence {params.reference_sequence}"
+        " --reference {params.reference:q} --reference-sequence {params.reference_sequence}"
         " --brain-mask {input.brain_mask:q} --sequences {params.sequences} --images {input.images:q}"
         " --records {input.records:q} --options {params.options:q} {params.scales} --out-stack {output.stack:q}"
         " --out-json {output.summary:q} --out-png {output.png:q} --record {log.record:q} 2> {log.console:q}"
@@ -41,6 +42,7 @@ rule learn_histograms:
     benchmark:
         "logs/benchmarks/learn_histograms/all.tsv"
     params:
+        images=learn_histograms_images,
         options=json.dumps(config["harmonise"]),
     threads: 1
     resources:
@@ -49,7 +51,7 @@ rule learn_histograms:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "thrombus learn-histograms --masks {input.masks:q} --images {input.images:q}"
+        "thrombus learn-histograms --masks {input.masks:q} --images {params.images}"
         " --options {params.options:q} --out {output:q} 2> {log:q}"
 
 

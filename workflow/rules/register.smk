@@ -11,6 +11,8 @@ rule register:
     benchmark:
         "logs/benchmarks/register/{center}/{subject}/{sequence}.tsv"
     params:
+        reference=reference_image,
+        moving=moving_image,
         masks=register_flags,
         options=json.dumps(config["register"], sort_keys=True),
         seed=config["seed"],
@@ -22,7 +24,7 @@ rule register:
         "../../envs/preprocess.yaml"
     shell:
         "thrombus register --center {wildcards.center} --subject {wildcards.subject} --sequence {wildcards.sequence}"
-        " --reference {input.reference:q} --moving {input.moving:q} {params.masks}"
+        " --reference {params.reference:q} --moving {params.moving:q} {params.masks}"
         " --out-image {output.image:q} --out-transform {output.transform:q} --options {params.options:q}"
         " --seed {params.seed} --threads {threads} --record {output.record:q} 2> {log:q}"
 
@@ -38,6 +40,7 @@ rule brainmask:
     benchmark:
         "logs/benchmarks/brainmask/{center}/{subject}.tsv"
     params:
+        reference=reference_image,
         transform=brainmask_flags,
     threads: 1
     resources:
@@ -47,5 +50,5 @@ rule brainmask:
         "../../envs/preprocess.yaml"
     shell:
         "thrombus brainmask --center {wildcards.center} --subject {wildcards.subject}"
-        " --native-mask {input.native_mask:q} --reference {input.reference:q} {params.transform}"
+        " --native-mask {input.native_mask:q} --reference {params.reference:q} {params.transform}"
         " --out {output:q} 2> {log:q}"

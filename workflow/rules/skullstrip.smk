@@ -1,7 +1,7 @@
 rule skullstrip:
     """HD-BET brain mask on the subject's mask sequence (first of skullstrip.priority it has), on its own grid."""
     input:
-        image=skullstrip_image,
+        converted=converted_of,
     output:
         mask="results/skullstrip/{center}/{subject}/brain_mask_native.nii.gz",
         record="results/skullstrip/{center}/{subject}/record.json",
@@ -10,6 +10,7 @@ rule skullstrip:
     benchmark:
         "logs/benchmarks/skullstrip/{center}/{subject}.tsv"
     params:
+        image=skullstrip_image,
         sequence=skullstrip_sequence,
         options=json.dumps(config["skullstrip"], sort_keys=True),
     threads: config["threads"]["skullstrip"]
@@ -20,5 +21,5 @@ rule skullstrip:
         "../../envs/preprocess.yaml"
     shell:
         "thrombus skullstrip --center {wildcards.center} --subject {wildcards.subject} --sequence {params.sequence}"
-        " --image {input.image:q} --out-mask {output.mask:q} --options {params.options:q}"
+        " --image {params.image:q} --out-mask {output.mask:q} --options {params.options:q}"
         " --threads {threads} --record {output.record:q} 2> {log:q}"
