@@ -94,7 +94,7 @@ def _brainmask(subject: str, ident: list[str], work: Path, reference: Path, sequ
 
 def synthetic_subject(cohort: Path | None, scratch: Path) -> tuple[str, dict[str, Path], str, str]:
     """The first subject of a cohort, converted with the `convert` step (its time is not counted here)."""
-    from thrombus.convert import ConvertRequest, convert_sequence
+    from thrombus.convert import ConvertRequest, convert_subject
     from thrombus.samples import read_sheet
 
     if cohort is None:
@@ -103,12 +103,10 @@ def synthetic_subject(cohort: Path | None, scratch: Path) -> tuple[str, dict[str
         cohort = scratch / "cohort"
         generate_cohort(preset="tiny", out_dir=cohort, progress=False)
     row = read_sheet(cohort / "samples.tsv").iloc[0]
-    images = {}
-    for sequence in ("swi", "t2star", "dwi", "adc", "flair"):
-        if row[sequence] and row[sequence] != "auto":
-            out = scratch / "converted" / f"{sequence}.nii.gz"
-            convert_sequence(ConvertRequest(row["subject"], row["center"], sequence, Path(row["dicom_dir"]), row[sequence]), out, out.with_suffix(".json"))
-            images[sequence] = out
+    requests = [ConvertRequest(row["subject"], row["center"], sequence, Path(row["dicom_dir"]), row[sequence])
+                for sequence in ("swi", "t2star", "dwi", "adc", "flair") if row[sequence] and row[sequence] != "auto"]
+    convert_subject(requests, scratch / "converted")
+    images = {r.sequence: scratch / "converted" / f"{r.sequence}.nii.gz" for r in requests}
     reference = "swi" if "swi" in images else "t2star"
     mask_sequence = "flair" if "flair" in images else reference
     return str(row["subject"]), images, reference, mask_sequence
