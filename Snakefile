@@ -52,7 +52,7 @@ rule all:
 rule convert_all:
     """Only the conversion of every subject (one center with --config center=X)."""
     input:
-        [path for subject in SUBJECTS for path in converted(subject)],
+        [converted(subject) for subject in SUBJECTS],
 
 
 rule preprocess:

@@ -80,10 +80,11 @@ def test_files_are_written_under_a_temporary_name(path: Path) -> None:
             assert _inside_atomic_path(call, parents), f"{path}:{call.lineno}: open(..., {mode.value!r}) outside atomic_path"
 
 
-# Placeholders a shell command may use unquoted: numbers, and names the schemas restrict to [A-Za-z0-9_].
+# Placeholders a shell command may use unquoted: numbers, names the schemas restrict to [A-Za-z0-9_],
+# and the flags and path lists common.smk quotes itself with shlex.quote (masks, scales, transform, images).
 UNQUOTED_OK = re.compile(
     r"threads|wildcards\.\w+|params\.(seed|resume|sequence|sequences|reference_sequence|derive_adc|transform"
-    r"|experiments|subsets|masks|scales)"
+    r"|experiments|subsets|masks|scales|images)"
 )
 
 
