@@ -143,7 +143,7 @@ def test_one_bad_sequence_leaves_the_subject_unconverted_and_every_failure_is_na
 
 def test_a_killed_attempts_staging_folder_is_replaced(subject: tuple[str, str, Path, dict[str, str]],
                                                       tmp_path: Path) -> None:
-    from thrombus.convert.subject import staging_folder
+    from thrombus.io import staging_folder
 
     out = tmp_path / "results" / subject[0]
     leftover = staging_folder(out)

@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,6 +55,31 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def staging_folder(target: Path) -> Path:
+    """The hidden sibling a folder output is written in first. A fixed name: only one job writes a
+    given output at a time (Snakemake's locks), so one found when a write starts is a killed writer's."""
+    return target.with_name(f".{target.name}.partial")
+
+
+@contextlib.contextmanager
+def atomic_folder(target: PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; it replaces `target` only if the block succeeds,
+    so the folder holds everything its writer made or does not exist."""
+    target = Path(target)
+    staging = staging_folder(target)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def remove_stale_temporaries(target: Path, suffix: str) -> list[Path]:

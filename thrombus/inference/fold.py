@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import logging
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thrombus.io import PathLike, current_umask, write_json
+from thrombus.io import PathLike, atomic_folder, write_json
 from thrombus.options import json_object
 
 log = logging.getLogger(__name__)
@@ -68,19 +65,9 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
     missing = [subject for subject in fold["test"] if subject not in by_id]
     if missing:
         raise ValueError(f"split file {request.splits}, fold {request.fold}: test subjects {missing} are not in {request.sheet}")
-    target = request.out_dir
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(request.out_dir) as staging:
         listing = _predict_all(request, [by_id[s] for s in fold["test"]], staging, fold["name"])
         write_json(staging / "predictions.json", listing)
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's folder is private
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return listing
 
 

@@ -146,11 +146,6 @@ def moving_image(wildcards):
     return converted_image(wildcards.subject, wildcards.sequence)
 
 
-def shares_dwi_grid(wildcards):
-    """ADC may reuse the DWI transform (when both share one grid): the registration then needs DWI's image."""
-    return wildcards.sequence == "adc" and "dwi" in registered_sequences(wildcards.subject)
-
-
 def register_inputs(wildcards):
     """The conversion folder (reference and moving image), plus the mask that steers the metric.
 
@@ -164,7 +159,7 @@ def register_inputs(wildcards):
         inputs["moving_mask"] = f"results/skullstrip/{s.center}/{s.subject}/brain_mask_native.nii.gz"
     else:
         inputs["fixed_mask"] = f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz"
-    if shares_dwi_grid(wildcards):
+    if seq == "adc" and "dwi" in registered_sequences(s.subject):
         inputs["partner_transform"] = f"results/register/{s.center}/{s.subject}/dwi.mat"
         inputs["partner_record"] = f"results/register/{s.center}/{s.subject}/dwi.json"
     return inputs
@@ -188,7 +183,7 @@ def register_flags(wildcards, input):
         [("fixed-mask", "fixed_mask"), ("moving-mask", "moving_mask"),
          ("partner-transform", "partner_transform"), ("partner-record", "partner_record")],
     )
-    if shares_dwi_grid(wildcards):
+    if "partner_transform" in input.keys():  # the DWI image the transform was made on sits in the conversion folder
         flags += f" --partner-image {shlex.quote(converted_image(wildcards.subject, 'dwi'))}"
     return flags
 
@@ -253,7 +248,7 @@ def learn_histograms_inputs(wildcards):
     return {
         "masks": [f"results/register/{s.center}/{s.subject}/brain_mask.nii.gz" for s in subjects],
         "converted": [converted(s.subject) for s in subjects],
-        "registered": [path for s in subjects for seq, path in histogram_images(s.subject).items() if seq != reference_of(s.subject)],
+        "registered": [f"results/register/{s.center}/{s.subject}/{seq}.nii.gz" for s in subjects for seq in registered_sequences(s.subject)],
     }
 
 
