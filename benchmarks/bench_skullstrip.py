@@ -117,7 +117,7 @@ def run_isolated(variant: str, head: Path, threads: int) -> dict[str, Any]:
 
 def describe(variant: str) -> tuple[str, str, str, str]:
     """(label, folds, mirrorings, precision) for the table."""
-    from thrombus.preprocess.skullstrip import cpu_has_native_bf16
+    from thrombus.device import cpu_has_native_bf16
 
     auto = "bf16" if cpu_has_native_bf16() else "fp32"
     return {

@@ -34,7 +34,8 @@ from thrombus.model import ModelConfig, build_model, count_parameters
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 from thrombus.training.data import AugmentOptions, Case
-from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, autocast, batches, make_loss
+from thrombus.device import autocast
+from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, batches, make_loss
 
 GIB = 1024**3
 

@@ -38,7 +38,8 @@ from thrombus.io import sha256_file
 from thrombus.model import ModelConfig, build_model
 from thrombus.training.card import CheckpointError, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
-from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, predict_case, slab_centres, train
+from thrombus.model.sliding import predict_case, slab_centres
+from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (32, 32, 12)

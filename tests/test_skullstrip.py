@@ -10,12 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from thrombus.device import cpu_has_native_bf16
 from thrombus.nifti import VolumeError
 from thrombus.preprocess.skullstrip import (
     BrainMaskError,
     HDBetOptions,
     brain_mask,
-    cpu_has_native_bf16,
     flush_subnormal,
     skullstrip_file,
     weights_file,

@@ -203,7 +203,7 @@ def calibrate(
     import torch
     from tqdm import tqdm
 
-    from thrombus.training.trainer import predict_case
+    from thrombus.model.sliding import predict_case
 
     if not cases:
         return choose_postprocessing([], [], [])

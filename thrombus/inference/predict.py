@@ -1,6 +1,6 @@
 """Inference on one subject: a harmonised stack in, a thrombus probability map, a mask and a record out.
 
-The prediction is made exactly as validation made it during training (`trainer.predict_case`: the
+The prediction is made exactly as validation made it during training (`thrombus.model.sliding.predict_case`: the
 brain's bounding box, slabs along Z at the card's `predict_stride`, overlapping slices averaged, bf16 autocast on CUDA), so
 the postprocessing calibrated on validation subjects applies unchanged. No ground truth is needed: this
 is the step that runs on new data.
@@ -31,7 +31,8 @@ from thrombus.model import ModelConfig, build_model
 from thrombus.nifti import VolumeError, load_volume, save_array
 from thrombus.training.card import HARMONISE_KEYS, CheckpointError, LoadedModel, card_differences, load_checkpoint, plain
 from thrombus.training.data import Case, _brain_box
-from thrombus.training.trainer import predict_case, resolve_device
+from thrombus.device import resolve_device
+from thrombus.model.sliding import predict_case
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     started = time.perf_counter()
     torch.set_num_threads(request.threads)
     try:
-        device = resolve_device(request.device)
+        device = resolve_device(request.device, "--device")
     except ValueError as error:
         raise InferenceError(str(error)) from error
     data, availability, stack_channels, image = read_stack(request)

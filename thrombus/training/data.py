@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from thrombus.io import PathLike, read_json
+from thrombus.model.sliding import crop_padded
 from thrombus.nifti import VolumeError, load_volume
 from thrombus.samples import Subject
 
@@ -274,21 +275,6 @@ def load_cases(sources: Sequence[CaseSource], channels: Sequence[str]) -> list[C
     megabytes = sum(case.image.numel() * 4 + case.label.numel() * 2 for case in cases) / 1e6
     log.info("loaded %d subjects (%d with a thrombus), %.0f MB in memory", len(cases), sum(c.positive for c in cases), megabytes)
     return cases
-
-
-def crop_padded(volume: Tensor, start: Sequence[int], size: Sequence[int]) -> Tensor:
-    """The box [start, start + size) of the last len(size) axes, zero where it leaves the volume."""
-    lead = volume.shape[: volume.ndim - len(size)]
-    out = volume.new_zeros((*lead, *size))
-    source, target = [], []
-    for begin, length, extent in zip(start, size, volume.shape[len(lead) :]):
-        low, high = max(begin, 0), min(begin + length, extent)
-        if high <= low:
-            return out
-        source.append(slice(low, high))
-        target.append(slice(low - begin, high - begin))
-    out[(..., *target)] = volume[(..., *source)]
-    return out
 
 
 @contextlib.contextmanager

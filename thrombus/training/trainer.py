@@ -20,7 +20,6 @@ sample from (seed, sample index), so the iteration number is their whole state.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -38,13 +37,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from thrombus.device import autocast, resolve_device
 from thrombus.io import atomic_path, write_json, write_text
 from thrombus.model import ModelConfig, build_model, count_parameters
+from thrombus.model.sliding import predict_case
 from thrombus.options import check_known_keys
 from thrombus.progress import progress
 from thrombus.provenance import package_versions
 from thrombus.training.card import CheckpointError, load_checkpoint, save_checkpoint
-from thrombus.training.data import AugmentOptions, Case, IterationSampler, SlabDataset, SlabOptions, crop_padded
+from thrombus.training.data import AugmentOptions, Case, IterationSampler, SlabDataset, SlabOptions
 from thrombus.training.gmd import GMDOptions, apply_gmd, strength
 
 log = logging.getLogger(__name__)
@@ -197,22 +198,6 @@ class Validation:
     per_case: dict[str, float]
 
 
-def resolve_device(requested: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU; `cuda` without a GPU is an error that says so."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA device; use auto or cpu")
-    return torch.device("cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def make_loss() -> nn.Module:
     """Soft Dice over the batch plus BCE, from MONAI (the reasons are in the module docstring)."""
     from monai.losses import DiceCELoss
@@ -283,50 +268,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def slab_centres(depth: int, slab_depth: int, stride: int = 1) -> list[int]:
-    """Centres of the slabs that cover a volume of `depth` slices, `stride` apart (one padded slab if it is thinner).
-
-    The last slab always ends on the last slice, so a stride that does not divide the depth still
-    covers every slice; a stride above the slab depth would leave gaps and is refused.
-    """
-    if not 1 <= stride <= slab_depth:
-        raise ValueError(f"slab stride must be between 1 and the slab depth {slab_depth}, got {stride}")
-    radius = slab_depth // 2
-    last = max(depth - radius - 1, radius)
-    centres = list(range(radius, last + 1, stride))
-    if centres[-1] != last:
-        centres.append(last)
-    return centres
-
-
-@torch.no_grad()
-def predict_case(
-    model: nn.Module, case: Case, slab_depth: int, batch_size: int, device: torch.device, stride: int = 1
-) -> Tensor:
-    """Logits (Z, X, Y) over a case's brain box: slabs `stride` slices apart, overlapping slices averaged.
-
-    With stride 1 each slice is seen in up to `slab_depth` slabs, at every position of the slab, so
-    the average smooths out the slab edges where the recurrence has context on one side only; a
-    larger stride trades that smoothing for `stride` times fewer forward passes (BENCHMARKS.md).
-    """
-    channels, depth, height, width = case.image.shape
-    radius = slab_depth // 2
-    total = torch.zeros(depth, height, width)
-    count = torch.zeros(depth, 1, 1)
-    centres = slab_centres(depth, slab_depth, stride)
-    for first in range(0, len(centres), batch_size):
-        chunk = centres[first : first + batch_size]
-        slabs = torch.stack([crop_padded(case.image, (c - radius, 0, 0), (slab_depth, height, width)) for c in chunk])
-        availability = case.availability.expand(len(chunk), channels)
-        with autocast(device):
-            logits = model(slabs.to(device), availability.to(device)).float().cpu()[:, 0]
-        for centre, slab_logits in zip(chunk, logits):
-            low, high = max(centre - radius, 0), min(centre + radius + 1, depth)
-            total[low:high] += slab_logits[low - (centre - radius) : high - (centre - radius)]
-            count[low:high] += 1
-    return total / count.clamp_min(1)
-
-
 def dice_score(logits: Tensor, case: Case) -> float:
     """Dice of the thresholded prediction (p > 0.5) against the whole mask (voxels outside the box count as missed)."""
     predicted = logits > 0
@@ -372,7 +313,7 @@ class Trainer:
     def __init__(self, run: TrainRun) -> None:
         self.run = run
         self.options = run.options
-        self.device = resolve_device(run.device)
+        self.device = resolve_device(run.device, "--device")
         torch.set_num_threads(run.threads)
         seed_everything(run.seed)
         self.model = build_model(run.model).to(self.device)

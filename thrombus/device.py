@@ -1,0 +1,101 @@
+"""Where torch runs and in which precision: one set of rules for skull stripping, training and inference.
+
+Every stage that runs a network asks the same questions (CUDA or CPU? bf16 or fp32? how many threads?),
+and two copies of the answers had drifted apart (one refused `cuda:1`, the other a missing GPU with a
+different error). They live here once; torch is imported inside the functions so that importing this
+module stays cheap for the command-line start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+#: Values of a `precision` option.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+class DeviceError(ValueError):
+    """A device that was asked for and is not there; the message says what to ask for instead."""
+
+
+def resolve_device(requested: str, what: str = "device") -> torch.device:
+    """`auto`: CUDA when present, else the CPU; `cpu`, `cuda` or `cuda:N` as asked, a missing GPU an error.
+
+    `what` names the option in the error (`--device`, `skullstrip.device`), so the user knows what to change.
+    """
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise DeviceError(f"{what} {requested!r} is not a device: use auto, cpu or cuda") from error
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{what} must be auto, cpu or cuda, got {requested!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{what} {requested!r} was asked for but PyTorch sees no CUDA device; use auto or cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
+    slower than fp32, so `auto` keeps fp32 there."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> `bf16` where the hardware runs it natively (recent CPUs, Ampere+ GPUs), else `fp32`."""
+    import logging
+
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} unknown; expected one of {PRECISIONS}")
+    if precision != "auto":
+        if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+            logging.getLogger(__name__).warning(
+                "bf16 requested on a CPU without native bf16: it is emulated and slower than fp32"
+            )
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where `precision` resolves to it, plain fp32 otherwise.
+
+    The training and segmentation networks call this with the default: bf16 on CUDA (no loss scaling
+    needed, unlike fp16), fp32 on CPU, where their results must stay byte-identical across reruns.
+    """
+    import torch
+
+    if precision == "auto":
+        chosen = "bf16" if device.type == "cuda" else "fp32"
+    else:
+        chosen = precision
+    if chosen == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Use `threads` intra-op threads inside the block and restore the previous setting after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,81 @@
+"""Whole-volume prediction by sliding slabs: how validation, calibration and inference all read a volume.
+
+It lives beside the network rather than in the training or the inference package because all three
+stages need it and must predict exactly alike (a threshold calibrated on validation predictions has to
+mean the same on test predictions), while training must not depend on inference.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from thrombus.device import autocast
+
+
+class Volume(Protocol):
+    """What a prediction reads of a subject: the stack (C, Z, X, Y), slice axis first, and its availability (C,)."""
+
+    image: Tensor
+    availability: Tensor
+
+
+def crop_padded(volume: Tensor, start: list[int] | tuple[int, ...], size: list[int] | tuple[int, ...]) -> Tensor:
+    """The box [start, start + size) of the last len(size) axes, zero where it leaves the volume."""
+    lead = volume.shape[: volume.ndim - len(size)]
+    out = volume.new_zeros((*lead, *size))
+    source, target = [], []
+    for begin, length, extent in zip(start, size, volume.shape[len(lead) :]):
+        low, high = max(begin, 0), min(begin + length, extent)
+        if high <= low:
+            return out
+        source.append(slice(low, high))
+        target.append(slice(low - begin, high - begin))
+    out[(..., *target)] = volume[(..., *source)]
+    return out
+
+
+def slab_centres(depth: int, slab_depth: int, stride: int = 1) -> list[int]:
+    """Centres of the slabs that cover a volume of `depth` slices, `stride` apart (one padded slab if it is thinner).
+
+    The last slab always ends on the last slice, so a stride that does not divide the depth still
+    covers every slice; a stride above the slab depth would leave gaps and is refused.
+    """
+    if not 1 <= stride <= slab_depth:
+        raise ValueError(f"slab stride must be between 1 and the slab depth {slab_depth}, got {stride}")
+    radius = slab_depth // 2
+    last = max(depth - radius - 1, radius)
+    centres = list(range(radius, last + 1, stride))
+    if centres[-1] != last:
+        centres.append(last)
+    return centres
+
+
+@torch.no_grad()
+def predict_case(
+    model: nn.Module, case: Volume, slab_depth: int, batch_size: int, device: torch.device, stride: int = 1
+) -> Tensor:
+    """Logits (Z, X, Y) over a case's brain box: slabs `stride` slices apart, overlapping slices averaged.
+
+    With stride 1 each slice is seen in up to `slab_depth` slabs, at every position of the slab, so
+    the average smooths out the slab edges where the recurrence has context on one side only; a
+    larger stride trades that smoothing for `stride` times fewer forward passes (BENCHMARKS.md).
+    """
+    channels, depth, height, width = case.image.shape
+    radius = slab_depth // 2
+    total = torch.zeros(depth, height, width)
+    count = torch.zeros(depth, 1, 1)
+    centres = slab_centres(depth, slab_depth, stride)
+    for first in range(0, len(centres), batch_size):
+        chunk = centres[first : first + batch_size]
+        slabs = torch.stack([crop_padded(case.image, (c - radius, 0, 0), (slab_depth, height, width)) for c in chunk])
+        availability = case.availability.expand(len(chunk), channels)
+        with autocast(device):
+            logits = model(slabs.to(device), availability.to(device)).float().cpu()[:, 0]
+        for centre, slab_logits in zip(chunk, logits):
+            low, high = max(centre - radius, 0), min(centre + radius + 1, depth)
+            total[low:high] += slab_logits[low - (centre - radius) : high - (centre - radius)]
+            count[low:high] += 1
+    return total / count.clamp_min(1)
