@@ -70,7 +70,7 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
     if variant.startswith("ours"):
         from thrombus.inference.predict import predict_probability
         from thrombus.model import ModelConfig, build_model
-        from thrombus.training.trainer import TrainOptions
+        from thrombus.training.options import TrainOptions
 
         model = build_model(ModelConfig()).eval()
         availability = np.ones(volume.shape[3], dtype=np.float32)

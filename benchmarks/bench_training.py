@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 from thrombus.training.data import AugmentOptions, Case
 from thrombus.device import autocast
-from thrombus.training.trainer import Trainer, TrainOptions, TrainRun, batches, make_loss
+from thrombus.training.optim import make_loss
+from thrombus.training.options import TrainOptions
+from thrombus.training.trainer import Trainer, TrainRun, batches
 
 GIB = 1024**3
 

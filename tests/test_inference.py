@@ -21,6 +21,9 @@ from thrombus.inference.cli import add_predict_parser
 from thrombus.inference.postprocess import (
     CRITERION,
     DEFAULT_CRITERION,
+    FEW_CRITERION,
+    MIN_POSITIVES,
+    SIZES_MM3,
     Postprocessing,
     apply_postprocessing,
     choose_postprocessing,
@@ -39,7 +42,8 @@ from thrombus.model import ModelConfig, build_model
 from thrombus.training.card import CheckpointError, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
 from thrombus.model.sliding import predict_case, slab_centres
-from thrombus.training.trainer import GMDSettings, TrainOptions, TrainRun, train
+from thrombus.training.options import GMDSettings, TrainOptions
+from thrombus.training.trainer import TrainRun, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (32, 32, 12)
@@ -325,6 +329,31 @@ def test_calibration_threshold_removes_a_faint_false_positive_on_a_negative_case
     assert apply_postprocessing(positive, chosen, voxel_mm3=1.0).sum() == 27
 
 
+def test_calibration_cannot_choose_a_filter_that_deletes_the_smallest_clot() -> None:
+    """The grid stops below the smallest clot's volume on the coarsest grid a center uses (6 mm T2*: 5 voxels of 4.9 mm^3)."""
+    smallest_clot_mm3 = 5 * 0.9 * 0.9 * 6.0
+    assert max(SIZES_MM3) < smallest_clot_mm3
+    truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
+    positives = [blob(0.9, (2, 2, 2), 3) for _ in range(MIN_POSITIVES)]
+    # many large false positives on the negatives: an unbounded grid would filter them away, and the clot with them
+    big = blob(0.9, (10, 10, 10), 6)
+    chosen = choose_postprocessing([*positives, big], [truth] * MIN_POSITIVES + [np.zeros_like(truth)],
+                                   [f"P{i}" for i in range(MIN_POSITIVES)] + ["N1"], voxel_volumes=[4.86] * (MIN_POSITIVES + 1),
+                                   min_positives=MIN_POSITIVES)
+    assert apply_postprocessing(positives[0], chosen, voxel_mm3=4.86).sum() == 27
+    scores = {(c[0], c[1]): c[2] for c in chosen.candidates}
+    assert len(scores) == 7 * len(SIZES_MM3) and max(scores.values()) == chosen.score
+    assert Postprocessing.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
+
+
+def test_calibration_on_too_few_positive_subjects_keeps_the_defaults_and_says_why() -> None:
+    truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
+    chosen = choose_postprocessing([blob(0.45, (2, 2, 2), 3), blob(0.35, (10, 10, 10), 4)], [truth, np.zeros_like(truth)],
+                                   ["P1", "N1"], min_positives=2)
+    assert (chosen.threshold, chosen.min_component_mm3, chosen.candidates) == (0.5, 0.0, ())
+    assert chosen.criterion == FEW_CRITERION.format(2, 1) and chosen.chosen_on == ("P1", "N1")
+
+
 def test_calibration_size_filter_and_tie_breaks() -> None:
     truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
     positive = blob(0.9, (2, 2, 2), 3)
@@ -356,7 +385,7 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
         stack_path, summary = write_stack(root / subject, stack, mask=mask)
         sources.append(CaseSource(subject, "A", stack_path, summary, root / subject / "thrombus.nii.gz", positive))
     cases = [load_case(source, CHANNELS) for source in sources]
-    options = TrainOptions(iterations=60, batch_size=4, val_every=30, slab_depth=3, patch_size=(32, 32), learning_rate=1e-2,
+    options = TrainOptions(iterations=120, batch_size=4, val_every=60, slab_depth=3, patch_size=(32, 32), learning_rate=1e-2,
                            foreground_probability=0.7, augmentation=AugmentOptions(enabled=False), gmd=GMDSettings(mode="none"))
     card = make_card(TINY_MODEL, HARMONISE, {"slab_depth": 3, "patch_size": [32, 32]},
                      {**options.card_dict(), "seed": 1, "split": {"name": "overfit"}})
@@ -368,8 +397,10 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path) -> None:
     model_dir = overfit / "model"
     post = json.loads((model_dir / "postprocessing.json").read_text())
-    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion"}
-    assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == CRITERION
+    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion", "candidates"}
+    # one thrombus-positive validation subject is too few to choose on: the defaults, and the reason
+    assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == FEW_CRITERION.format(MIN_POSITIVES, 1)
+    assert (post["threshold"], post["min_component_mm3"], post["candidates"]) == (0.5, 0.0, [])
     assert json.loads((model_dir / "model_card.json").read_text())["postprocessing"] == post
     record = predict_subject(request(overfit / "predicted", model_dir / "best.pt", overfit / "P001" / "stack.nii.gz",
                                      overfit / "P001" / "stack.json", postprocessing=model_dir / "postprocessing.json",

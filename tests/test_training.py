@@ -32,7 +32,8 @@ from thrombus.training.splits import (
     labelled_subjects,
     make_splits,
 )
-from thrombus.training.trainer import TrainOptions, TrainRun, batches, train
+from thrombus.training.options import TrainOptions
+from thrombus.training.trainer import TrainRun, batches, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (40, 44, 12)

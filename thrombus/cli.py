@@ -220,12 +220,14 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     from thrombus.evaluation.cli import add_evaluation_parsers
     from thrombus.inference.cli import add_predict_parser
     from thrombus.inference.fold import add_predict_fold_parser
+    from thrombus.ladder_cli import add_ladder_parser
     from thrombus.training.cli import add_train_parser
 
     add_train_parser(commands)
     add_predict_parser(commands)
     add_predict_fold_parser(commands)
     add_evaluation_parsers(commands)
+    add_ladder_parser(commands)
 
 
 def _add_step_identity(parser: argparse.ArgumentParser, sequence: bool = True) -> None:

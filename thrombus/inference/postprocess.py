@@ -25,6 +25,18 @@ The minimum size is a physical volume (mm^3), not a voxel count: the settings ar
 training centers' grids and applied to every other center's. A voxel of a 2 mm SWI is 2 mm^3, one of a
 6 mm T2* 4.9 mm^3, so a filter of 40 voxels chosen on the first (80 mm^3) removed every thrombus of the
 second (5-14 voxels there, 25-70 mm^3): a count of voxels does not transfer across centers.
+
+The minimum sizes searched stop at 20 mm^3, because a larger filter can delete a real clot. The smallest
+clot the cohort and the clinic have is about 5 mm long in an M2 branch of 2 mm, blooming 1.5x on SWI
+(DESIGN.md's facts): a tube of 3 mm x 5 mm, about 35 mm^3. Its reference mask on a thick-slice grid keeps
+less than that (the partial-volume rule of the truth: 5-14 voxels of 4.9 mm^3 on a 6 mm T2*, the smallest
+about 25 mm^3), so the largest filter is kept under that: 20 mm^3 is 10 voxels of a 2 mm SWI and 4 of a
+6 mm T2*. The earlier grid went to 640 mm^3 and, on two validation subjects, chose 320 mm^3, which removed
+every thrombus of the demo cohort (24-144 mm^3).
+
+A choice made on too few subjects is noise: with fewer than `MIN_POSITIVES` thrombus-positive validation
+subjects the defaults (threshold 0.5, no filter) are kept, and the record says why. Every candidate's
+score is recorded beside the choice.
 """
 
 from __future__ import annotations
@@ -42,10 +54,13 @@ log = logging.getLogger(__name__)
 #: Thresholds on the probability searched by calibration.
 THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Minimum component volumes (mm^3) searched by calibration; 0 keeps everything.
-SIZES_MM3: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+SIZES_MM3: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0)
+#: Fewer thrombus-positive validation subjects than this: the defaults are kept (module docstring).
+MIN_POSITIVES = 4
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one component.
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 DEFAULT_CRITERION = "default: no validation subjects"
+FEW_CRITERION = "default: fewer than {} thrombus-positive validation subjects ({}), too few to choose on"
 CRITERION = "mean case score: Dice on thrombus-positive subjects, 1 if nothing predicted else 0 on negative ones"
 
 
@@ -59,6 +74,7 @@ class Postprocessing:
         chosen_on: validation subjects the settings were chosen on (empty for the default).
         score: the calibration criterion at the chosen settings (None for the default).
         criterion: how they were chosen, in words.
+        candidates: every (threshold, min_component_mm3, score) searched, best first.
     """
 
     threshold: float = 0.5
@@ -66,6 +82,7 @@ class Postprocessing:
     chosen_on: tuple[str, ...] = ()
     score: float | None = None
     criterion: str = DEFAULT_CRITERION
+    candidates: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -77,6 +94,7 @@ class Postprocessing:
         """Plain JSON-ready dict (the content of `postprocessing.json`)."""
         values = asdict(self)
         values["chosen_on"] = list(self.chosen_on)
+        values["candidates"] = [{"threshold": t, "min_component_mm3": m, "score": c} for t, m, c in self.candidates]
         return values
 
     @classmethod
@@ -93,6 +111,10 @@ class Postprocessing:
         converted = dict(values)
         if "chosen_on" in converted:
             converted["chosen_on"] = tuple(str(s) for s in converted["chosen_on"])
+        if "candidates" in converted:
+            converted["candidates"] = tuple(
+                (float(c["threshold"]), float(c["min_component_mm3"]), float(c["score"])) for c in converted["candidates"]
+            )
         if converted.get("score") is not None:
             converted["score"] = float(converted["score"])
         if "threshold" in converted:
@@ -162,18 +184,25 @@ def choose_postprocessing(
     sizes: Sequence[float] = SIZES_MM3,
     truth_outside: Sequence[int] | None = None,
     voxel_volumes: Sequence[float] | None = None,
+    min_positives: int = 1,
 ) -> Postprocessing:
     """Grid search of threshold and minimum volume on validation subjects (criterion: module docstring).
 
     `truth_outside` counts thrombus voxels of each subject that lie outside its arrays (outside the
     brain box a validation case is cropped to); they can only be missed, as in the training's Dice.
     `voxel_volumes` (mm^3) are the subjects' voxels; without them every voxel counts as 1 mm^3.
+    With fewer than `min_positives` subjects that have a thrombus the defaults are returned.
     """
     if not (len(probabilities) == len(truths) == len(subjects)):
         raise ValueError(f"{len(probabilities)} probability maps, {len(truths)} truths and {len(subjects)} subjects: one each")
     if not probabilities:
         log.warning("no validation subjects: postprocessing keeps the defaults (threshold 0.5, no size filter)")
         return Postprocessing()
+    positives = sum(bool(np.any(truth)) for truth in truths)
+    if positives < min_positives:
+        log.warning("%d thrombus-positive validation subjects: postprocessing keeps the defaults (threshold 0.5, no "
+                    "size filter); %d are needed to choose", positives, min_positives)
+        return Postprocessing(chosen_on=tuple(subjects), criterion=FEW_CRITERION.format(min_positives, positives))
     outside = list(truth_outside) if truth_outside is not None else [0] * len(subjects)
     volumes = list(voxel_volumes) if voxel_volumes is not None else [1.0] * len(subjects)
     totals = np.zeros((len(thresholds), len(sizes)))
@@ -185,8 +214,10 @@ def choose_postprocessing(
     means = totals / len(subjects)
     candidates = [(round(float(means[r, c]), 9), _preference(float(t), float(s)), float(t), float(s))
                   for r, t in enumerate(thresholds) for c, s in enumerate(sizes)]
-    score, _, threshold, size = max(candidates)
-    chosen = Postprocessing(threshold, size, tuple(subjects), score, CRITERION)
+    ranked = sorted(candidates, reverse=True)
+    score, _, threshold, size = ranked[0]
+    chosen = Postprocessing(threshold, size, tuple(subjects), score, CRITERION,
+                            tuple((t, s, c) for c, _, t, s in ranked))
     log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %g mm^3, score %.4f",
              len(subjects), threshold, size, score)
     return chosen
@@ -219,5 +250,5 @@ def calibrate(
         model.train(was_training)
     outside = [int(case.label_outside) for case in cases]
     return choose_postprocessing(probabilities, truths, [case.subject for case in cases], truth_outside=outside,
-                                 voxel_volumes=[case.voxel_mm3 for case in cases])
+                                 voxel_volumes=[case.voxel_mm3 for case in cases], min_positives=MIN_POSITIVES)
 

@@ -64,7 +64,7 @@ def _model_config(model_section: Mapping[str, Any], harmonise: Mapping[str, Any]
 
 def _train_options(train_section: Mapping[str, Any]) -> Any:
     from thrombus.samples import ConfigError
-    from thrombus.training.trainer import TrainOptions
+    from thrombus.training.options import TrainOptions
 
     try:
         return TrainOptions.from_mapping(train_section, ignore=SPLIT_KEYS + WORKFLOW_KEYS)

@@ -57,11 +57,18 @@ class SlabOptions:
         slab_depth: D, adjacent axial slices per slab (odd, so a slab has a centre slice).
         patch_size: in-plane size (H, W) of a slab; the volume is cropped or zero-padded to it.
         foreground_probability: share of slabs centred on a thrombus voxel.
+        hard_negative_probability: share of slabs centred on one of the darkest voxels of the
+            susceptibility channel that is not thrombus (veins, microbleeds, calcifications: what a
+            clot is mistaken for), so the model sees the look-alikes as often as the clots.
+        hard_negative_quantile: "darkest" means below this quantile of the brain's susceptibility
+            values, per subject (so it adapts to each center's contrast without a fixed z).
     """
 
     slab_depth: int = 5
     patch_size: tuple[int, int] = (64, 64)
     foreground_probability: float = 0.33
+    hard_negative_probability: float = 0.0
+    hard_negative_quantile: float = 0.005
 
     def __post_init__(self) -> None:
         if self.slab_depth < 1 or self.slab_depth % 2 == 0:
@@ -70,6 +77,13 @@ class SlabOptions:
             raise ValueError(f"train.patch_size must be two sizes of at least 8 voxels, got {list(self.patch_size)}")
         if not 0.0 <= self.foreground_probability <= 1.0:
             raise ValueError(f"train.foreground_probability must be in [0, 1], got {self.foreground_probability}")
+        if not 0.0 <= self.hard_negative_probability <= 1.0 - self.foreground_probability:
+            raise ValueError(
+                "train.hard_negative_probability must be in [0, 1 - foreground_probability], got "
+                f"{self.hard_negative_probability} with foreground_probability {self.foreground_probability}"
+            )
+        if not 0.0 < self.hard_negative_quantile < 0.5:
+            raise ValueError(f"train.hard_negative_quantile must be in (0, 0.5), got {self.hard_negative_quantile}")
 
 
 @dataclass(frozen=True)
@@ -360,16 +374,24 @@ class SlabDataset(Dataset):
         self.spatial = _build_spatial(augment, patch) if augment.enabled else None
         self.intensity = _build_intensity(augment, self.channels) if augment.enabled else None
 
+        self.dark = [_dark_voxels(case, options.hard_negative_quantile) for case in self.cases] \
+            if options.hard_negative_probability > 0 else []
+
     def generator(self, index: int) -> np.random.Generator:
         """The generator of item `index`: a function of the seed and the index only."""
         return np.random.default_rng([self.seed, index])
 
     def choose(self, rng: np.random.Generator) -> tuple[Case, tuple[int, int, int], bool]:
         """A case and the (z, x, y) centre of the slab, and whether it is a foreground slab."""
-        foreground = bool(self.positive) and rng.random() < self.options.foreground_probability
+        draw = rng.random() if self.positive or self.dark else 1.0
+        foreground = bool(self.positive) and draw < self.options.foreground_probability
         if foreground:
             case = self.cases[self.positive[rng.integers(len(self.positive))]]
             return case, self._jittered(case.foreground[rng.integers(len(case.foreground))], rng), True
+        if self.dark and draw < self.options.foreground_probability + self.options.hard_negative_probability:
+            index = int(rng.integers(len(self.cases)))
+            if len(self.dark[index]):
+                return self.cases[index], self._jittered(self.dark[index][rng.integers(len(self.dark[index]))], rng), False
         case = self.cases[rng.integers(len(self.cases))]
         return case, self._in_brain(case, rng), False
 
@@ -436,6 +458,23 @@ class SlabDataset(Dataset):
             "foreground": foreground,
             "subject": case.subject,
         }
+
+
+def _dark_voxels(case: Case, quantile: float, channel: int = 0) -> np.ndarray:
+    """(n, 3) coordinates of the darkest brain voxels of `channel` (the susceptibility) that are not thrombus.
+
+    Empty when the subject lacks that sequence. The clot itself is among the darkest voxels of a thin-
+    slice SWI; what else is that dark is the set of look-alikes the model must learn to leave alone.
+    """
+    if float(case.availability[channel]) == 0.0:
+        return np.zeros((0, 3), dtype=np.int64)
+    values = case.image[channel]
+    inside = case.brain & (values != 0)
+    if not bool(inside.any()):
+        return np.zeros((0, 3), dtype=np.int64)
+    cut = float(np.quantile(values[inside].numpy(), quantile))
+    dark = inside & (values <= cut) & (case.label == 0)
+    return np.argwhere(dark.numpy()).astype(np.int64)
 
 
 class IterationSampler(Sampler[int]):

@@ -1,0 +1,334 @@
+"""The learnability ladder: can a training recipe learn the thrombus, and how fast, on CPU.
+
+Three rungs, each harder than the last, each a training with a learning curve scored on whole volumes:
+
+* `overfit`: train and score on one thrombus-positive subject. A recipe that cannot learn one clot it
+  sees every step has a bug or a loss that does not reach the foreground; nothing else is worth running.
+* `monocentric`: train on the SWI centers' subjects, score on held-out subjects of the same centers
+  (the paper's monocentric setting, where it reports detection > 90% and Dice 0.65).
+* `loco`: train on those centers, score on a center never seen (thick-slice T2* in the presets),
+  with the final weights: no checkpoint is chosen on the scored subjects.
+
+Every recipe runs every rung with the same subjects, seed and thread count, so a row of the table is a
+before/after of the recipe alone. Curves are scored at a fixed threshold of 0.5 and no size filter (the
+network's own output, before any calibration), with the evaluation's rules: a thrombus is detected when
+a predicted 26-connected component overlaps it by >= 1 voxel; a false-positive component is one that
+overlaps no thrombus voxel. Time is counted as CPU seconds of the training process (all its threads),
+without the scoring passes, and as wall seconds beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from thrombus.experiments import deep_merge
+from thrombus.io import read_json, write_json
+from thrombus.samples import Subject, read_sheet, subjects
+
+log = logging.getLogger(__name__)
+
+RUNGS: tuple[str, ...] = ("overfit", "monocentric", "loco")
+#: 26-connectivity, the evaluation's rule for components.
+STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+
+
+class LadderError(ValueError):
+    """A ladder configuration that cannot run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RungSpec:
+    """One rung: which subjects train and which are scored, for how long."""
+
+    name: str
+    iterations: int
+    eval_every: int
+    train: tuple[str, ...]
+    scored: tuple[str, ...]
+
+
+@dataclass
+class Point:
+    """The scores of one pass over the scored subjects."""
+
+    iteration: int
+    cpu_seconds: float
+    wall_seconds: float
+    dice: float
+    detected: int
+    positives: int
+    negatives_with_fp: int
+    negatives: int
+    fp_components: float
+    per_case: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RungResult:
+    """A recipe's curve on one rung."""
+
+    recipe: str
+    rung: str
+    train: list[str]
+    scored: list[str]
+    points: list[Point]
+
+    def minutes_to(self, dice: float) -> float | None:
+        """CPU minutes until the scored Dice first reached `dice` (None: never)."""
+        for point in self.points:
+            if point.dice >= dice:
+                return point.cpu_seconds / 60.0
+        return None
+
+
+def _split_centers(pool: Sequence[Subject], share: float, seed: int) -> tuple[list[str], list[str]]:
+    """Per center and label, `share` of the subjects scored (at least one of each label present), the rest trained."""
+    rng = np.random.default_rng(seed)
+    train, scored = [], []
+    for center in sorted({s.center for s in pool}):
+        for label in ("1", "0"):
+            group = sorted(s.subject for s in pool if s.center == center and s.thrombus == label)
+            if not group:
+                continue
+            order = [group[i] for i in rng.permutation(len(group))]
+            count = max(1, round(share * len(group))) if len(group) > 1 else 0
+            scored += order[:count]
+            train += order[count:]
+    return sorted(train), sorted(scored)
+
+
+def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) -> list[RungSpec]:
+    """The rungs the config asks for, with their subjects fixed by the seed."""
+    labelled = [s for s in pool if s.thrombus in ("0", "1")]
+    train_centers = list(settings.get("train_centers") or [])
+    held_out = list(settings.get("held_out") or [])
+    unknown = sorted(set(train_centers + held_out) - {s.center for s in labelled})
+    if not train_centers or not held_out or unknown:
+        raise LadderError(f"ladder: train_centers {train_centers} and held_out {held_out} must name centers of the "
+                          f"sheet with labelled subjects ({sorted({s.center for s in labelled})}); unknown: {unknown}")
+    inside = [s for s in labelled if s.center in train_centers]
+    specs = []
+    for name in settings.get("rungs", RUNGS):
+        if name not in RUNGS:
+            raise LadderError(f"ladder: rung {name!r} is unknown: choose among {', '.join(RUNGS)}")
+        rung = dict(settings.get(name) or {})
+        iterations, every = int(rung.get("iterations", 300)), int(rung.get("eval_every", 100))
+        if name == "overfit":
+            subject = rung.get("subject") or sorted(s.subject for s in inside if s.thrombus == "1")[0]
+            train, scored = [subject], [subject]
+        elif name == "monocentric":
+            train, scored = _split_centers(inside, float(rung.get("scored_share", 0.33)), seed)
+        else:
+            train = sorted(s.subject for s in inside)
+            scored = sorted(s.subject for s in labelled if s.center in held_out)
+        specs.append(RungSpec(name, iterations, every, tuple(train), tuple(scored)))
+    return specs
+
+
+def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, threshold: float = 0.5) -> dict[str, float]:
+    """Dice, detection and false-positive components of one case at `threshold`, no size filter."""
+    mask = probability > threshold
+    truth = truth > 0
+    labels, count = ndimage.label(mask, structure=STRUCTURE)
+    hit = set(np.unique(labels[truth & mask]).tolist()) - {0}
+    size = int(mask.sum()) + int(truth.sum()) + outside
+    dice = 2.0 * int((mask & truth).sum()) / size if size else 1.0
+    return {"dice": dice, "detected": float(bool(hit)), "fp_components": float(count - len(hit))}
+
+
+def score(model: Any, cases: Sequence[Any], options: Any, device: Any) -> dict[str, Any]:
+    """Score the model on whole volumes of `cases` as validation predicts them."""
+    import torch
+
+    from thrombus.model.sliding import predict_case
+
+    was_training = model.training
+    model.eval()
+    rows = {}
+    try:
+        for case in cases:
+            logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride)
+            rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside),
+                                  "positive": case.positive}
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def _point(iteration: int, cpu: float, wall: float, rows: Mapping[str, Mapping[str, Any]]) -> Point:
+    positives = [r for r in rows.values() if r["positive"]]
+    negatives = [r for r in rows.values() if not r["positive"]]
+    return Point(
+        iteration=iteration,
+        cpu_seconds=round(cpu, 1),
+        wall_seconds=round(wall, 1),
+        dice=round(float(np.mean([r["dice"] for r in positives])), 4) if positives else math.nan,
+        detected=int(sum(r["detected"] for r in positives)),
+        positives=len(positives),
+        negatives_with_fp=int(sum(r["fp_components"] > 0 for r in negatives)),
+        negatives=len(negatives),
+        fp_components=round(float(np.mean([r["fp_components"] for r in rows.values()])), 2),
+        per_case={name: round(r["dice"], 3) for name, r in rows.items() if r["positive"]},
+    )
+
+
+def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Mapping[str, Any], out_dir: Path,
+             seed: int, threads: int, progress: bool = False) -> RungResult:
+    """Train one recipe on one rung, scoring every `eval_every` iterations (the scoring is not timed)."""
+    from thrombus.training.cli import _model_config, _train_options
+    from thrombus.training.trainer import Trainer, TrainRun, discard_checkpoints
+
+    model = _model_config(sections.get("model", {}), sections.get("harmonise", {}))
+    options = dataclasses.replace(_train_options({**sections.get("train", {}), "iterations": spec.iterations}),
+                                  val_every=spec.iterations)
+    run = TrainRun(train_cases=[cases[s] for s in spec.train], val_cases=[], model=model, options=options,
+                   card={"ladder": {"recipe": recipe, "rung": spec.name}}, out_dir=out_dir, seed=seed,
+                   threads=threads, device="cpu", progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    discard_checkpoints(out_dir)
+    trainer = Trainer(run)
+    scored = [cases[s] for s in spec.scored]
+    points, cpu, wall = [], 0.0, 0.0
+    for stop in range(spec.eval_every, spec.iterations + spec.eval_every, spec.eval_every):
+        run.stop_after = min(stop, spec.iterations)
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        trainer.fit()
+        cpu += time.process_time() - cpu_start
+        wall += time.perf_counter() - wall_start
+        point = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, options, trainer.device))
+        log.info("%s / %s: iteration %d, %.1f CPU min: Dice %.3f, detected %d/%d, negatives with FP %d/%d, FP %.1f",
+                 recipe, spec.name, point.iteration, cpu / 60, point.dice, point.detected, point.positives,
+                 point.negatives_with_fp, point.negatives, point.fp_components)
+        points.append(point)
+    return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points)
+
+
+def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The ladder section of `path` with every recipe laid over the workflow config's model/train sections."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict) or "ladder" not in document:
+        raise LadderError(f"{path}: expected a mapping with a `ladder` section")
+    settings = dict(document["ladder"])
+    recipes = settings.get("recipes") or {}
+    if not recipes:
+        raise LadderError(f"{path}: ladder.recipes is empty: name at least one recipe")
+    shared = {key: base.get(key, {}) for key in ("model", "train", "harmonise")}
+    settings["recipes"] = {name: deep_merge(shared, overlay or {}) for name, overlay in recipes.items()}
+    return settings
+
+
+def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int,
+               progress: bool = False) -> list[RungResult]:
+    """Every recipe on every rung; results are written as they come (`ladder.json`), so a cut run keeps its rungs."""
+    from thrombus.training.data import case_sources, load_cases
+
+    pool = subjects(read_sheet(settings["samples"]), {})
+    specs = rung_specs(settings, pool, seed)
+    by_id = {s.subject: s for s in pool}
+    needed = sorted({name for spec in specs for name in spec.train + spec.scored})
+    channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
+    loaded = load_cases(case_sources([by_id[name] for name in needed], root), channels)
+    cases = {case.subject: case for case in loaded}
+    results: list[RungResult] = []
+    only = set(settings.get("only") or [])
+    for spec in specs:
+        for recipe, sections in settings["recipes"].items():
+            if only and f"{recipe}/{spec.name}" not in only:
+                continue
+            results.append(run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress))
+            write_json(out_dir / "ladder.json", [dataclasses.asdict(r) for r in results])
+    return results
+
+
+def read_results(path: Path) -> list[RungResult]:
+    """`ladder.json` back as results."""
+    return [RungResult(**{**r, "points": [Point(**p) for p in r["points"]]}) for r in read_json(path)]
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _final_row(result: RungResult) -> str:
+    last = result.points[-1]
+    best = max(result.points, key=lambda p: (p.dice if not math.isnan(p.dice) else -1.0))
+    negatives = f"{last.negatives_with_fp}/{last.negatives}" if last.negatives else "-"
+    return (f"| {result.recipe} | {last.iteration} | {_fmt(last.cpu_seconds / 60, 1)} | {_fmt(last.dice)} | "
+            f"{last.detected}/{last.positives} | {negatives} | {_fmt(last.fp_components, 1)} | "
+            f"{_fmt(best.dice)} @ {best.iteration} | {_fmt(result.minutes_to(0.5), 1)} |")
+
+
+def _curve(result: RungResult) -> str:
+    cells = ", ".join(f"{p.iteration}: {_fmt(p.dice)} ({p.detected}/{p.positives})" for p in result.points)
+    return f"- {result.recipe}: {cells}"
+
+
+def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) -> str:
+    """RESULTS.md's ladder section: a table per rung (final scores, best, time to Dice 0.5) and the curves."""
+    lines = [
+        "## The learnability ladder",
+        "",
+        f"Command: `{context['command']}`  ",
+        f"Config: `{context['config']}` (recipes below), sheet `{context['samples']}`, seed {context['seed']}, "
+        f"{context['threads']} torch threads  ",
+        f"Machine: {context['machine']}  ",
+        f"Commit: {context['commit']}, {context['date']}",
+        "",
+        "Scores at threshold 0.5 without size filter (the network's own output), on whole volumes; detection:",
+        "a predicted 26-connected component overlaps the thrombus by >= 1 voxel; FP: components overlapping no",
+        "thrombus voxel, per scored subject. CPU minutes: the training process's CPU time (all threads), scoring",
+        "passes excluded. The `loco` rung scores the final weights, never a checkpoint chosen on its subjects.",
+    ]
+    for rung in RUNGS:
+        rows = [r for r in results if r.rung == rung]
+        if not rows:
+            continue
+        first = rows[0]
+        lines += [
+            "",
+            f"### {rung}: {len(first.train)} training subjects, {len(first.scored)} scored",
+            "",
+            f"Trained on {', '.join(first.train) if len(first.train) <= 4 else f'{len(first.train)} subjects'}; "
+            f"scored on {', '.join(first.scored)}.",
+            "",
+            "| recipe | iterations | CPU min | Dice | detected | negatives with FP | FP components / subject |"
+            " best Dice @ iteration | CPU min to Dice 0.5 |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *[_final_row(r) for r in rows],
+            "",
+            "Curves (iteration: Dice (detected)):",
+            "",
+            *[_curve(r) for r in rows],
+        ]
+    lines += ["", "Recipes (laid over the workflow config's `model` and `train` sections):", ""]
+    for name, overlay in context["recipes"].items():
+        lines.append(f"- `{name}`: `{overlay}`")
+    return "\n".join(lines) + "\n"
+
+
+def machine_description() -> str:
+    """CPU model and the cores this process may use (RESULTS.md names the machine its figures come from)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"

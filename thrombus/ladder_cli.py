@@ -1,0 +1,74 @@
+"""`thrombus ladder`: the learnability ladder of the training recipes, written to RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
+def _cmd_ladder(args: argparse.Namespace) -> int:
+    import yaml
+
+    from thrombus.io import write_text
+    from thrombus.ladder import load_ladder_config, machine_description, read_results, render_results, run_ladder
+
+    base = yaml.safe_load(Path(args.workflow_config).read_text())
+    settings = load_ladder_config(Path(args.config), base)
+    settings["samples"] = args.samples or settings.get("samples") or base["samples"]
+    if args.only:
+        settings["only"] = args.only
+    out_dir = Path(args.out_dir)
+    seed = int(settings.get("seed", base.get("seed", 0)))
+    threads = int(args.threads or settings.get("threads", 2))
+    if not args.report_only:
+        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet)
+    raw = yaml.safe_load(Path(args.config).read_text())["ladder"]["recipes"]
+    context = {
+        "command": "thrombus " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("thrombus") else "thrombus ladder ...",
+        "config": args.config,
+        "samples": settings["samples"],
+        "seed": seed,
+        "threads": threads,
+        "machine": machine_description(),
+        "commit": _commit(),
+        "date": datetime.date.today().isoformat(),
+        "recipes": raw,
+    }
+    text = render_results(read_results(out_dir / "ladder.json"), context)
+    if args.results:
+        write_text(Path(args.results), text)
+        log.info("wrote %s", args.results)
+    else:
+        print(text)
+    return 0
+
+
+def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `ladder` subcommand."""
+    ladder = subparsers.add_parser("ladder", help="learnability ladder of training recipes (overfit, monocentric, loco)")
+    ladder.add_argument("--config", default="config/ladder.yaml", help="the ladder's rungs and recipes")
+    ladder.add_argument("--workflow-config", default="config/config.yaml", help="model/train/harmonise sections the recipes override")
+    ladder.add_argument("--samples", default=None, help="sample sheet (default: the ladder config's, else the workflow's)")
+    ladder.add_argument("--root", default=".", help="workflow directory holding results/harmonise/")
+    ladder.add_argument("--out-dir", default="results/ladder", help="checkpoints and ladder.json")
+    ladder.add_argument("--results", default=None, help="write the Markdown here (e.g. RESULTS.md's ladder part)")
+    ladder.add_argument("--threads", type=int, default=None)
+    ladder.add_argument("--only", nargs="*", default=None, help="recipe/rung pairs to run, e.g. new/overfit")
+    ladder.add_argument("--report-only", action="store_true", help="render the Markdown from an existing ladder.json")
+    ladder.add_argument("--quiet", action="store_true")
+    ladder.set_defaults(func=_cmd_ladder)
