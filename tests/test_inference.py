@@ -41,7 +41,7 @@ from thrombus.io import sha256_file
 from thrombus.model import ModelConfig, build_model
 from thrombus.training.card import CheckpointError, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
-from thrombus.model.sliding import predict_case, slab_centres
+from thrombus.model.sliding import predict_case, slab_centres, tile_starts
 from thrombus.training.options import GMDSettings, TrainOptions
 from thrombus.training.trainer import TrainRun, train
 
@@ -144,6 +144,30 @@ def test_slabs_at_any_stride_cover_every_slice_and_end_on_the_last(depth: int, s
     assert centres[-1] == max(depth - 2, 1) and all(0 < b - a <= stride for a, b in zip(centres, centres[1:]))
     with pytest.raises(ValueError, match="between 1 and the slab depth"):
         slab_centres(depth, 3, 4)
+
+
+@pytest.mark.parametrize("extent", [8, 16, 17, 40, 63])
+def test_tiles_cover_the_plane_half_a_tile_apart(extent: int) -> None:
+    starts = tile_starts(extent, 16)
+    covered = {i for start in starts for i in range(start, min(start + 16, extent))}
+    assert covered == set(range(extent)) and starts[0] == 0
+    assert extent <= 16 or (starts[-1] == extent - 16 and all(0 < b - a <= 8 for a, b in zip(starts, starts[1:])))
+
+
+def test_tiled_prediction_reads_each_window_as_a_patch_of_its_own(tmp_path: Path) -> None:
+    """A tile as large as the plane is the whole-slice prediction; smaller tiles average windows predicted alone."""
+    stack, _ = make_stack(3, positive=True)
+    stack_path, summary = write_stack(tmp_path / "case", stack)
+    case = load_case(CaseSource("S001", "A", stack_path, summary, None, False), CHANNELS)
+    model = build_model(TINY_MODEL).eval()
+    whole = predict_case(model, case, 3, 4, CPU)
+    height, width = case.image.shape[2:]
+    assert torch.equal(predict_case(model, case, 3, 4, CPU, tile=(height, width)), whole)
+    tiled = predict_case(model, case, 3, 4, CPU, tile=(16, 16))
+    assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+    # the top-left corner is covered by the first tile only: it is that tile's own prediction
+    alone = predict_case(model, type(case)(**{**case.__dict__, "image": case.image[:, :, :16, :16].contiguous()}), 3, 4, CPU)
+    torch.testing.assert_close(tiled[:, :8, :8], alone[:, :8, :8])
 
 
 def test_inference_uses_the_stride_of_the_card_and_old_cards_stride_one(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ without the scoring passes, and as wall seconds beside it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -82,6 +83,9 @@ class RungResult:
     train: list[str]
     scored: list[str]
     points: list[Point]
+    whole_slices: Point | None = None
+    commit: str = ""
+    threads: int = 0
 
     def minutes_to(self, dice: float) -> float | None:
         """CPU minutes until the scored Dice first reached `dice` (None: never)."""
@@ -157,7 +161,7 @@ def score(model: Any, cases: Sequence[Any], options: Any, device: Any) -> dict[s
     rows = {}
     try:
         for case in cases:
-            logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride)
+            logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile)
             rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside),
                                   "positive": case.positive}
     finally:
@@ -210,7 +214,11 @@ def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Ma
                  recipe, spec.name, point.iteration, cpu / 60, point.dice, point.detected, point.positives,
                  point.negatives_with_fp, point.negatives, point.fp_components)
         points.append(point)
-    return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points)
+    whole = None
+    if options.predict_tiled:  # the same final weights read as whole slices: what the tiling is worth
+        untiled = dataclasses.replace(options, predict_tiled=False)
+        whole = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, untiled, trainer.device))
+    return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points, whole)
 
 
 def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,8 +238,12 @@ def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int,
-               progress: bool = False) -> list[RungResult]:
-    """Every recipe on every rung; results are written as they come (`ladder.json`), so a cut run keeps its rungs."""
+               progress: bool = False, commit: str = "") -> list[RungResult]:
+    """Every recipe on every rung; results are written as they come (`ladder.json`), so a cut run keeps its rungs.
+
+    A result already in `ladder.json` for another recipe or rung is kept (a run with `only` adds to the
+    table); one for the same recipe and rung is replaced.
+    """
     from thrombus.training.data import case_sources, load_cases
 
     pool = subjects(read_sheet(settings["samples"]), {})
@@ -241,20 +253,24 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
     loaded = load_cases(case_sources([by_id[name] for name in needed], root), channels)
     cases = {case.subject: case for case in loaded}
-    results: list[RungResult] = []
+    results = read_results(out_dir / "ladder.json") if (out_dir / "ladder.json").exists() else []
     only = set(settings.get("only") or [])
     for spec in specs:
         for recipe, sections in settings["recipes"].items():
             if only and f"{recipe}/{spec.name}" not in only:
                 continue
-            results.append(run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress))
+            result = run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress)
+            result.commit, result.threads = commit, threads
+            results = [r for r in results if (r.recipe, r.rung) != (recipe, spec.name)] + [result]
             write_json(out_dir / "ladder.json", [dataclasses.asdict(r) for r in results])
     return results
 
 
 def read_results(path: Path) -> list[RungResult]:
     """`ladder.json` back as results."""
-    return [RungResult(**{**r, "points": [Point(**p) for p in r["points"]]}) for r in read_json(path)]
+    return [RungResult(**{**r, "points": [Point(**p) for p in r["points"]],
+                          "whole_slices": Point(**r["whole_slices"]) if r.get("whole_slices") else None})
+            for r in read_json(path)]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -272,7 +288,12 @@ def _final_row(result: RungResult) -> str:
 
 def _curve(result: RungResult) -> str:
     cells = ", ".join(f"{p.iteration}: {_fmt(p.dice)} ({p.detected}/{p.positives})" for p in result.points)
-    return f"- {result.recipe}: {cells}"
+    line = f"- {result.recipe}: {cells}"
+    if result.whole_slices is not None:
+        w = result.whole_slices
+        line += (f"; the final weights read as whole slices instead of tiles: Dice {_fmt(w.dice)}, detected "
+                 f"{w.detected}/{w.positives}, FP components {_fmt(w.fp_components, 1)} a subject")
+    return line
 
 
 def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) -> str:
@@ -284,15 +305,19 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         f"Config: `{context['config']}` (recipes below), sheet `{context['samples']}`, seed {context['seed']}, "
         f"{context['threads']} torch threads  ",
         f"Machine: {context['machine']}  ",
-        f"Commit: {context['commit']}, {context['date']}",
+        f"Commit of each row: {', '.join(sorted({r.commit for r in results if r.commit})) or context['commit']}; "
+        f"rendered {context['date']}",
         "",
-        "Scores at threshold 0.5 without size filter (the network's own output), on whole volumes; detection:",
+        "Scores at threshold 0.5 without size filter (the network's own output), on whole volumes predicted as the",
+        "recipe's validation and inference predict them (whole slices, or tiles of the patch with `predict_tiled`); detection:",
         "a predicted 26-connected component overlaps the thrombus by >= 1 voxel; FP: components overlapping no",
         "thrombus voxel, per scored subject. CPU minutes: the training process's CPU time (all threads), scoring",
         "passes excluded. The `loco` rung scores the final weights, never a checkpoint chosen on its subjects.",
     ]
+    order = list(context["recipes"])
     for rung in RUNGS:
-        rows = [r for r in results if r.rung == rung]
+        rows = sorted((r for r in results if r.rung == rung),
+                      key=lambda r: order.index(r.recipe) if r.recipe in order else len(order))
         if not rows:
             continue
         first = rows[0]
@@ -314,7 +339,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         ]
     lines += ["", "Recipes (laid over the workflow config's `model` and `train` sections):", ""]
     for name, overlay in context["recipes"].items():
-        lines.append(f"- `{name}`: `{overlay}`")
+        lines.append(f"- `{name}`: `{json.dumps(overlay, sort_keys=True)}`")
     return "\n".join(lines) + "\n"
 
 

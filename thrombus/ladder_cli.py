@@ -13,9 +13,12 @@ log = logging.getLogger(__name__)
 
 
 def _commit() -> str:
+    here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=here).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" with uncommitted changes" if dirty else "")
@@ -36,7 +39,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     seed = int(settings.get("seed", base.get("seed", 0)))
     threads = int(args.threads or settings.get("threads", 2))
     if not args.report_only:
-        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet)
+        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit())
     raw = yaml.safe_load(Path(args.config).read_text())["ladder"]["recipes"]
     context = {
         "command": "thrombus " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("thrombus") else "thrombus ladder ...",

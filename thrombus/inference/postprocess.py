@@ -225,6 +225,7 @@ def choose_postprocessing(
 
 def calibrate(
     model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, stride: int = 1,
+    tile: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Postprocessing:
     """Predict the validation cases as validation does (whole volumes, slabs `stride` apart) and choose the settings.
@@ -243,7 +244,7 @@ def calibrate(
     probabilities, truths = [], []
     try:
         for case in tqdm(cases, desc="calibrating", unit="subject", leave=False, disable=not progress):
-            logits = predict_case(model, case, slab_depth, batch_size, device, stride)
+            logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile)
             probabilities.append(torch.sigmoid(logits).numpy())
             truths.append(case.label.numpy())
     finally:

@@ -84,6 +84,7 @@ def predict_probability(
     device: torch.device,
     what: str = "stack",
     stride: int = 1,
+    tile: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Thrombus probability (X, Y, Z) float32 on the stack's full grid, zero outside the brain's bounding box.
 
@@ -109,7 +110,7 @@ def predict_probability(
     was_training = model.training
     model.to(device).eval()
     try:
-        logits = predict_case(model, case, slab_depth, batch_size, device, stride)
+        logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile)
     finally:
         model.train(was_training)
     probability = np.zeros(image.shape[:3], dtype=np.float32)
@@ -254,8 +255,11 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     data = zero_missing(data, selected)
     slab_depth = int(loaded.card["data"]["slab_depth"])
     stride = int(loaded.card["data"].get("predict_stride", 1))  # cards from before the option: stride 1
+    tile = loaded.card["data"].get("predict_tile")  # cards from before the option: whole slices
+    tile = (int(tile[0]), int(tile[1])) if tile else None
     probability = predict_probability(
-        loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride
+        loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride,
+        tile,
     )
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
@@ -276,6 +280,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "dropped_by_request": [n for n, a, s in zip(channels, availability, selected) if a and not s],
         "postprocessing": {**post.to_dict(), "source": post_source},
         "predict_stride": stride,
+        "predict_tile": list(tile) if tile else None,
         "threshold": post.threshold,
         "min_component_mm3": post.min_component_mm3,
         "components": len(sizes),

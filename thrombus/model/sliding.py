@@ -53,15 +53,52 @@ def slab_centres(depth: int, slab_depth: int, stride: int = 1) -> list[int]:
     return centres
 
 
+def tile_starts(extent: int, tile: int) -> list[int]:
+    """Starts of tiles of `tile` voxels covering `extent`, half a tile apart, the last one flush with the end."""
+    if extent <= tile:
+        return [0]
+    step = max(tile // 2, 1)
+    starts = list(range(0, extent - tile + 1, step))
+    if starts[-1] != extent - tile:
+        starts.append(extent - tile)
+    return starts
+
+
+def _forward_tiled(model: nn.Module, slabs: Tensor, availability: Tensor, tile: tuple[int, int] | None,
+                   device: torch.device) -> Tensor:
+    """Logits (B, D, H, W) of slabs (B, C, D, H, W), in-plane tiles of the training patch size averaged.
+
+    GroupNorm normalises each sample over its whole plane, so a network trained on 64 x 64 patches sees
+    other statistics on a whole 180 x 200 slice, a third of it the zero background around the brain;
+    tiles of the training patch size give it the inputs it was trained on, as nnU-Net's sliding window does.
+    """
+    height, width = slabs.shape[-2:]
+    if tile is None or (height <= tile[0] and width <= tile[1]):
+        with autocast(device):
+            return model(slabs.to(device), availability.to(device)).float().cpu()[:, 0]
+    total = torch.zeros(slabs.shape[0], slabs.shape[2], height, width)
+    count = torch.zeros(1, 1, height, width)
+    for top in tile_starts(height, tile[0]):
+        for left in tile_starts(width, tile[1]):
+            window = (slice(top, top + tile[0]), slice(left, left + tile[1]))
+            with autocast(device):
+                logits = model(slabs[..., window[0], window[1]].to(device), availability.to(device)).float().cpu()[:, 0]
+            total[..., window[0], window[1]] += logits
+            count[..., window[0], window[1]] += 1
+    return total / count
+
+
 @torch.no_grad()
 def predict_case(
-    model: nn.Module, case: Volume, slab_depth: int, batch_size: int, device: torch.device, stride: int = 1
+    model: nn.Module, case: Volume, slab_depth: int, batch_size: int, device: torch.device, stride: int = 1,
+    tile: tuple[int, int] | None = None,
 ) -> Tensor:
     """Logits (Z, X, Y) over a case's brain box: slabs `stride` slices apart, overlapping slices averaged.
 
     With stride 1 each slice is seen in up to `slab_depth` slabs, at every position of the slab, so
     the average smooths out the slab edges where the recurrence has context on one side only; a
     larger stride trades that smoothing for `stride` times fewer forward passes (BENCHMARKS.md).
+    With `tile` (the training patch size) each slab is read in overlapping in-plane tiles of that size.
     """
     channels, depth, height, width = case.image.shape
     radius = slab_depth // 2
@@ -72,8 +109,7 @@ def predict_case(
         chunk = centres[first : first + batch_size]
         slabs = torch.stack([crop_padded(case.image, (c - radius, 0, 0), (slab_depth, height, width)) for c in chunk])
         availability = case.availability.expand(len(chunk), channels)
-        with autocast(device):
-            logits = model(slabs.to(device), availability.to(device)).float().cpu()[:, 0]
+        logits = _forward_tiled(model, slabs, availability, tile, device)
         for centre, slab_logits in zip(chunk, logits):
             low, high = max(centre - radius, 0), min(centre + radius + 1, depth)
             total[low:high] += slab_logits[low - (centre - radius) : high - (centre - radius)]

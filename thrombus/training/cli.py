@@ -101,7 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         card = make_card(
             model,
             harmonise,
-            {"slab_depth": options.slab_depth, "patch_size": list(options.patch_size), "predict_stride": options.stride},
+            {"slab_depth": options.slab_depth, "patch_size": list(options.patch_size), "predict_stride": options.stride,
+             "predict_tile": list(options.tile) if options.tile else None},
             {**options.card_dict(), "seed": args.seed, "split": split},
         )
         result = train(

@@ -68,6 +68,7 @@ class TrainOptions:
     foreground_prior: float | None = None
     slab_depth: int = 5
     predict_stride: int | None = None  # None: the slab depth, every slice predicted once
+    predict_tiled: bool = False  # whole-volume predictions in in-plane tiles of patch_size (sliding.py)
     patch_size: tuple[int, int] = (64, 64)
     foreground_probability: float = 0.33
     hard_negative_probability: float = 0.0
@@ -105,6 +106,11 @@ class TrainOptions:
         gave the same Dice and detections as stride 5 for 4.8x the time (BENCHMARKS.md).
         """
         return self.slab_depth if self.predict_stride is None else self.predict_stride
+
+    @property
+    def tile(self) -> tuple[int, int] | None:
+        """In-plane tile of whole-volume predictions: the training patch when `predict_tiled`, else whole slices."""
+        return tuple(self.patch_size) if self.predict_tiled else None
 
     def slab(self) -> SlabOptions:
         return SlabOptions(self.slab_depth, tuple(self.patch_size), self.foreground_probability,

@@ -291,7 +291,7 @@ def finish(trainer: Trainer) -> None:
         trainer.model.load_state_dict(best["model"])
     options = run.options
     post = calibrate(trainer.model, run.val_cases, options.slab_depth, options.val_batch_size, trainer.device,
-                     stride=options.stride, progress=run.progress)
+                     stride=options.stride, tile=options.tile, progress=run.progress)
     write_json(run.out_dir / "postprocessing.json", post.to_dict())
     write_json(
         run.out_dir / "model_card.json",
