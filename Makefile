@@ -10,11 +10,12 @@ REALDATA ?= $(abspath ../shared/realdata)
 PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv demo paper test bench lint clean-demo help
+.PHONY: venv demo paper results test bench lint clean-demo help
 
 help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
 	@echo "make paper  the paper's tables with the full ablation on the 36-subject cohort: hours on 2 cores"
+	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: about 2 hours"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
 	@echo "make lint   snakemake --lint on the demo config"
@@ -60,6 +61,12 @@ demo: $(STAMP) cohort/demo/samples.tsv
 paper: $(STAMP) cohort/paper/samples.tsv
 	$(call run_chain,--configfile config/paper.yaml)
 	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/paper/truth/ and cohort/paper/qc/"
+
+# The learnability ladder (config/ladder.yaml): each training recipe on the overfit, monocentric and
+# leave-one-center-out rungs of the paper cohort's preprocessed stacks, written to RESULTS.md.
+results: $(STAMP) cohort/paper/samples.tsv
+	snakemake --profile profiles/local --configfile config/paper.yaml -- preprocess
+	thrombus ladder --config config/ladder.yaml --threads 2 --results RESULTS.md
 
 test: $(STAMP)
 	THROMBUS_REALDATA="$${THROMBUS_REALDATA:-$(if $(wildcard $(REALDATA)/MANIFEST.tsv),$(REALDATA),)}" \
