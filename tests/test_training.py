@@ -177,6 +177,52 @@ def test_foreground_oversampling_rate(cohort: Path) -> None:
     assert all(not item["subject"].endswith("003") for item in foreground), "foreground slabs come from positive cases"
 
 
+def test_hard_negative_slabs_are_centred_on_dark_susceptibility_voxels_that_are_not_thrombus(cohort: Path) -> None:
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    options = SlabOptions(slab_depth=3, patch_size=(24, 24), foreground_probability=0.3, hard_negative_probability=0.4,
+                          hard_negative_quantile=0.01)
+    dataset = SlabDataset(cases, options, AugmentOptions(enabled=False), seed=11)
+    for case, dark in zip(cases, dataset.dark):
+        values = case.image[0][tuple(torch.from_numpy(dark).T)]
+        cut = np.quantile(case.image[0][case.brain & (case.image[0] != 0)].numpy(), 0.01)
+        assert len(dark) > 0 and (values <= cut).all() and not case.label[tuple(torch.from_numpy(dark).T)].any()
+    dataset._jittered = lambda voxel, rng: tuple(int(v) for v in voxel)  # centres exactly on the chosen voxel
+    rng = np.random.default_rng(0)
+    picks = [dataset.choose(rng) for _ in range(1000)]
+    background = [(case, centre) for case, centre, foreground in picks if not foreground]
+    on_dark = [case.image[(0, *centre)] <= np.quantile(case.image[0][case.brain & (case.image[0] != 0)].numpy(), 0.01)
+               and not case.label[centre] for case, centre in background]
+    # 0.4 of all slabs, i.e. 0.4 / 0.7 of the non-thrombus ones, plus the 1% that random brain voxels hit anyway
+    assert abs(np.mean(on_dark) - (0.4 / 0.7 + 0.01 * 0.3 / 0.7)) < 0.06
+    with pytest.raises(ValueError, match="hard_negative_probability"):
+        SlabOptions(foreground_probability=0.7, hard_negative_probability=0.4)
+
+
+def test_hard_negatives_off_draw_the_same_slabs_as_before(cohort: Path) -> None:
+    """hard_negative_probability 0 keeps every run's random stream (the default recipe is unchanged)."""
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    plain = SlabDataset(cases, SlabOptions(slab_depth=3, patch_size=(24, 24)), AugmentOptions(), seed=3)
+    assert plain.dark == []
+    for index in (0, 5, 9):
+        assert torch.equal(plain[index]["image"], SlabDataset(cases, plain.options, AugmentOptions(), seed=3)[index]["image"])
+
+
+def test_foreground_prior_sets_the_head_and_nothing_else() -> None:
+    from thrombus.model import build_model
+    from thrombus.training.optim import set_foreground_prior
+
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    set_foreground_prior(model, 0.01)
+    changed = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
+    assert changed == ["head.bias"] and model.head.bias.item() == pytest.approx(np.log(0.01 / 0.99))
+    logits = model(torch.zeros(1, 4, 3, 16, 16), torch.ones(1, 4))
+    assert torch.sigmoid(logits).mean() < 0.1
+    with pytest.raises(ValueError, match="foreground_prior"):
+        TrainOptions(foreground_prior=0.7)
+
+
 def test_thick_slice_slabs_average_groups_of_slices_and_keep_the_thrombus(cohort: Path) -> None:
     cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
     case = next(c for c in cases if c.positive)

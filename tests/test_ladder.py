@@ -1,0 +1,72 @@
+"""The learnability ladder: which subjects each rung trains and scores, how a case is scored, and a real
+(tiny) run of every rung whose RESULTS.md section names its recipes, subjects and curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from thrombus.ladder import LadderError, load_ladder_config, read_results, render_results, rung_specs, run_ladder, score_case
+from thrombus.samples import Subject
+
+from test_training import CHANNELS, HARMONISE, TINY_MODEL, cohort, sheet_subjects  # noqa: F401  (cohort: fixture)
+
+
+def subject(name: str, center: str, positive: bool) -> Subject:
+    return Subject(name, center, "", {}, "1" if positive else "0", "", "")
+
+
+def pool() -> list[Subject]:
+    return [subject(f"{c}{i:03d}", c, i % 4 != 0) for c in "ABC" for i in range(12)]
+
+
+def test_rungs_keep_scored_subjects_out_of_training_and_the_held_out_center_apart() -> None:
+    specs = {s.name: s for s in rung_specs({"train_centers": ["A", "B"], "held_out": ["C"]}, pool(), seed=3)}
+    assert specs["overfit"].train == specs["overfit"].scored == ("A001",)
+    mono = specs["monocentric"]
+    assert not set(mono.train) & set(mono.scored) and {s[0] for s in mono.train + mono.scored} == {"A", "B"}
+    assert len(mono.scored) == 8 and sum(s.endswith(("000", "004", "008")) for s in mono.scored) == 2, "both labels, per center"
+    loco = specs["loco"]
+    assert len(loco.train) == 24 and loco.scored == tuple(f"C{i:03d}" for i in range(12))
+    assert rung_specs({"train_centers": ["A", "B"], "held_out": ["C"]}, pool(), seed=3)[1] == mono, "fixed by the seed"
+    with pytest.raises(LadderError, match="unknown"):
+        rung_specs({"train_centers": ["A"], "held_out": ["Z"]}, pool(), seed=3)
+
+
+def test_a_case_is_detected_by_one_voxel_and_every_other_component_is_a_false_positive() -> None:
+    truth = np.zeros((10, 10, 10), dtype=np.uint8)
+    truth[2:5, 2:5, 2:5] = 1
+    probability = np.zeros((10, 10, 10), dtype=np.float32)
+    probability[4, 4, 4] = 0.9  # one voxel of the clot
+    probability[8, 8, 8] = 0.9  # a look-alike
+    probability[8, 1, 1] = 0.4  # below the threshold
+    scored = score_case(probability, truth, outside=0)
+    assert scored == {"dice": pytest.approx(2 / 29), "detected": 1.0, "fp_components": 1.0}
+    assert score_case(np.zeros_like(probability), truth, outside=0)["detected"] == 0.0
+
+
+def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: Path) -> None:  # noqa: F811
+    config = tmp_path / "ladder.yaml"
+    recipe = {"train": {"batch_size": 2, "slab_depth": 3, "patch_size": [32, 32], "learning_rate": 0.01,
+                        "foreground_probability": 0.7, "foreground_prior": 0.01, "predict_tiled": True,
+                        "augmentation": {"enabled": False}, "gmd": {"mode": "none"}}}
+    config.write_text(yaml.safe_dump({"ladder": {
+        "samples": str(cohort / "samples.tsv"), "train_centers": ["A", "B"], "held_out": ["C"],
+        "overfit": {"iterations": 6, "eval_every": 3}, "monocentric": {"iterations": 4, "eval_every": 4},
+        "loco": {"iterations": 4, "eval_every": 2}, "recipes": {"tiny": recipe}}}))
+    base = {"model": TINY_MODEL.to_dict(), "train": {}, "harmonise": HARMONISE}
+    settings = load_ladder_config(config, base)
+    results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234")
+    assert [(r.rung, len(r.points)) for r in results] == [("overfit", 2), ("monocentric", 1), ("loco", 2)]
+    assert all(r.whole_slices is not None and r.commit == "abc1234" for r in results)
+    assert all(p.cpu_seconds > 0 and 0.0 <= p.dice <= 1.0 for r in results for p in r.points)
+    assert read_results(tmp_path / "out" / "ladder.json") == results
+    text = render_results(results, {"command": "thrombus ladder", "config": str(config), "samples": "s.tsv", "seed": 1,
+                                    "threads": 1, "machine": "test", "commit": "abc1234", "date": "2026-12-05",
+                                    "recipes": {"tiny": recipe}})
+    for needed in ("### overfit: 1 training subjects, 1 scored", "### loco: 8 training subjects, 4 scored", "| tiny | 4 |",
+                   "read as whole slices", "abc1234"):
+        assert needed in text, needed
