@@ -8,6 +8,9 @@ Sections (each a sibling script that also runs alone, with more detail):
 * scale: the DAG of a generated 1000 x 5 sheet, per-job overhead, start-up and imports (`bench_dag.py`);
 * inference: one subject, ours against MONAI's sliding-window inference (`bench_inference.py`);
 * training: loader against step, UpAttLLSTM against MONAI's AttentionUnet (`bench_training.py`);
+* time to quality: CPU minutes to Dice 0.5 on the ladder's monocentric rung, the current training
+  recipe against the one before issue 17 (`bench_quality.py`; needs the paper cohort's stacks, about
+  25 minutes; left out by `--quick`);
 * per-rule peak memory of a workflow run, from Snakemake's `benchmark:` files (`rule_memory.py`),
   when `--rule-benchmarks` names a run's `benchmarks/` folder.
 
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_dag  # noqa: E402  (sibling scripts, not a package)
 import bench_inference  # noqa: E402
 import bench_preprocess  # noqa: E402
+import bench_quality  # noqa: E402
 import bench_skullstrip  # noqa: E402
 import bench_training  # noqa: E402
 import rule_memory  # noqa: E402
@@ -45,9 +49,11 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
         "Scale": lambda: bench_dag.figures(subjects, args.centers, args.jobs),
         "Inference": lambda: bench_inference.figures(args.threads, args.stack),
         "Training": lambda: bench_training.figures_of(bench_training.measure(args.threads, 5, 40)),
+        "Time to quality": lambda: bench_quality.figures(args.paper_root, args.threads),
     }
     if args.quick:
         chosen.pop("Skull stripping")
+        chosen.pop("Time to quality")
     if args.rule_benchmarks:
         chosen["Peak memory per rule"] = lambda: rule_memory.figures(args.rule_benchmarks)
     if args.only:
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=40, help="jobs of the per-job overhead run")
     parser.add_argument("--cohort", type=Path, default=None, help="a generated cohort for the preprocessing section")
     parser.add_argument("--stack", type=Path, default=None, help="a harmonised stack for the inference section")
+    parser.add_argument("--paper-root", type=Path, default=REPO,
+                        help="workflow folder with the paper cohort's stacks (time to quality; `make results` makes them)")
     parser.add_argument("--rule-benchmarks", type=Path, default=None,
                         help="a workflow run's benchmarks/ folder: adds the peak memory of every rule")
     parser.add_argument("--only", nargs="+", default=None, help="sections whose title contains one of these words")
