@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 
+class UserError(Exception):
+    """Base of the errors caused by the user's data or config (a sheet, a series, a volume, a conversion).
+
+    The stages' error classes derive from it beside their builtin base, so this module needs to know none
+    of them: a base module that imported every stage would close an import circle with each.
+    """
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's data or config: reported as one clear line, without a traceback."""
-    from thrombus.convert import ConversionError, SeriesError
-    from thrombus.nifti import VolumeError
-    from thrombus.samples import ConfigError, SampleSheetError
-
-    return (ConversionError, SeriesError, VolumeError, SampleSheetError, ConfigError, FileNotFoundError)
+    return (UserError, FileNotFoundError)
 
 
 def write_failure(record: str | None, step: str, subject: str, center: str, err: BaseException) -> None:

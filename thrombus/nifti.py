@@ -12,10 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from thrombus.errors import UserError
 from thrombus.io import PathLike, atomic_path
 
 
-class VolumeError(ValueError):
+class VolumeError(UserError, ValueError):
     """A volume that cannot be used as it is; the message names the file and what to do."""
 
 

@@ -16,17 +16,18 @@ from typing import Any
 import pandas as pd
 
 from thrombus import SEQUENCES
+from thrombus.errors import UserError
 
 #: Columns of the sheet, in the order the generator writes them.
 COLUMNS: tuple[str, ...] = ("subject", "center", "dicom_dir", *SEQUENCES, "thrombus", "thrombus_mask", "infarct_mask")
 PATH_COLUMNS: tuple[str, ...] = ("dicom_dir", "thrombus_mask", "infarct_mask")
 
 
-class SampleSheetError(ValueError):
+class SampleSheetError(UserError, ValueError):
     """A sample sheet that cannot be used; the message names the sheet, row and column."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value the schema lets through but that cannot work; the message names the key."""
 
 

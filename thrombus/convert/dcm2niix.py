@@ -20,9 +20,10 @@ import dcm2niix
 import nibabel as nib
 
 from thrombus.convert.series import Series
+from thrombus.errors import UserError
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """dcm2niix failed or wrote nothing usable; the message carries its output."""
 
 

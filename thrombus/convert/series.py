@@ -18,6 +18,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from thrombus.errors import UserError
+
 #: Header fields read when scanning; pixel data is never loaded for a scan.
 _SCAN_TAGS = [
     "SeriesInstanceUID", "SeriesDescription", "SeriesNumber", "ImageOrientationPatient",
@@ -35,7 +37,7 @@ _PIXEL_DATA = 0x7FE00010
 _IGNORED_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", ".DS_Store", "Thumbs.db"}
 
 
-class SeriesError(ValueError):
+class SeriesError(UserError, ValueError):
     """A DICOM series that cannot be converted as it is; the message says which and why."""
 
 
