@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from thrombus.inference.calibrate import calibrate, card_prediction
 from thrombus.inference.cli import add_predict_parser
 from thrombus.inference.postprocess import (
     CRITERION,
@@ -37,9 +38,9 @@ from thrombus.inference.predict import (
     select_channels,
     zero_missing,
 )
-from thrombus.io import sha256_file
+from thrombus.io import sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
-from thrombus.training.card import CheckpointError, make_card, save_checkpoint
+from thrombus.training.card import CheckpointError, load_checkpoint, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
 from thrombus.model.sliding import predict_case, slab_centres, tile_starts
 from thrombus.training.options import GMDSettings, TrainOptions
@@ -415,6 +416,13 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      {**options.card_dict(), "seed": 1, "split": {"name": "overfit"}})
     train(TrainRun(train_cases=cases, val_cases=cases, model=TINY_MODEL, options=options, card=card, out_dir=root / "model",
                    seed=1, threads=1, device="cpu", progress=False))
+    # the calibration stage, as `thrombus calibrate` runs it: best.pt, the card's slabs, the validation cases
+    payload = load_checkpoint(root / "model" / "best.pt", {})
+    network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
+    network.load_state_dict(payload["model"])
+    slab_depth, stride, tile = card_prediction(payload["card"])
+    post = calibrate(network, cases, slab_depth, 4, torch.device("cpu"), stride=stride, tile=tile, progress=False)
+    write_json(root / "model" / "postprocessing.json", post.to_dict())
     return root
 
 
@@ -425,7 +433,6 @@ def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path)
     # one thrombus-positive validation subject is too few to choose on: the defaults, and the reason
     assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == FEW_CRITERION.format(MIN_POSITIVES, 1)
     assert (post["threshold"], post["min_component_mm3"], post["candidates"]) == (0.5, 0.0, [])
-    assert json.loads((model_dir / "model_card.json").read_text())["postprocessing"] == post
     record = predict_subject(request(overfit / "predicted", model_dir / "best.pt", overfit / "P001" / "stack.nii.gz",
                                      overfit / "P001" / "stack.json", postprocessing=model_dir / "postprocessing.json",
                                      harmonise=HARMONISE))

@@ -38,7 +38,7 @@ from slurm_cluster import (  # noqa: F401 (fixture)
 _SKIP = skip_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
-GPU_RULES = ("train", "infer")  # the rules profiles/default/ gives `gpu: 1`
+GPU_RULES = ("train", "calibrate", "infer")  # the rules profiles/default/ gives `gpu: 1`
 TIMED_OUT = (124, 137)  # `timeout` killed snakemake
 
 
@@ -204,12 +204,12 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
     remote = {rule: n - local.get(rule, 0) for rule, n in finished.items() if n - local.get(rule, 0)}
     assert {rule: len(rs) for rule, rs in by_rule.items()} == remote, _tail(run, cluster, rows)
     assert {r["JobID"] for r in rows} == set(submitted_jobs(run.output)), _tail(run, cluster, rows)
-    for rule in ("convert", "skullstrip", "register", "brainmask", "harmonise", "train", "infer", "evaluate"):
+    for rule in ("convert", "skullstrip", "register", "brainmask", "harmonise", "train", "calibrate", "infer", "evaluate"):
         assert rule in by_rule, f"no {rule} job in sacct: {sorted(by_rule)}"
     for rule in ("tables", "splits", "qc_center"):  # localrules: on the submit host
         assert rule not in by_rule and local.get(rule), (rule, sorted(by_rule), local)
 
-    # GPU: train and infer asked for and got the GPU, with cpus_per_gpu CPUs; no other rule asked for one
+    # GPU: train, calibrate and infer asked for and got the GPU, with cpus_per_gpu CPUs; no other rule asked for one
     for rule in GPU_RULES:
         (r,) = by_rule[rule]
         assert "gres/gpu=1" in r["ReqTRES"] and "gres/gpu=1" in r["AllocTRES"], (rule, r)

@@ -390,4 +390,18 @@ def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None
     assert args.func(args) == 0
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["split"]["name"] == "test_center_B" and card["model"]["base_width"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "learning_curves.png", "model_card.json", "postprocessing.json", "training_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "learning_curves.png", "model_card.json", "training_log.csv"]
+
+    # the calibration stage after it: best.pt on the fold's validation subjects, into postprocessing.json
+    from thrombus.inference.calibrate import add_calibrate_parser
+
+    add_calibrate_parser(parser._subparsers._group_actions[0])
+    args = parser.parse_args([
+        "calibrate", "--sheet", str(cohort / "samples.tsv"), "--stacks-root", str(cohort), "--splits", str(splits), "--fold", "1",
+        "--checkpoint", str(out / "best.pt"), "--out", str(out / "postprocessing.json"), "--threads", "1", "--device", "cpu",
+        "--quiet",
+    ])
+    assert args.func(args) == 0
+    post = json.loads((out / "postprocessing.json").read_text())
+    assert post["chosen_on"] == card["training"]["split"]["val"] and post["chosen_on"]
+    assert 0 < post["threshold"] < 1 and post["min_component_mm3"] >= 0

@@ -189,7 +189,8 @@ def test_every_job_measured_its_peak_and_stayed_under_its_request(tiny_run: Path
 
     folder = tiny_run / "logs" / "benchmarks"
     rules = {path.name for path in folder.iterdir() if path.is_dir()}
-    assert {"convert", "skullstrip", "register", "brainmask", "harmonise", "train", "infer", "evaluate", "tables"} <= rules
+    assert {"convert", "skullstrip", "register", "brainmask", "harmonise", "train", "calibrate", "infer", "evaluate",
+            "tables"} <= rules
     for path in folder.rglob("*.tsv"):
         rule = path.relative_to(folder).parts[0]
         peak = float(pd.read_csv(path, sep="\t")["max_rss"].iloc[0])
@@ -209,7 +210,9 @@ def test_missing_sequences_are_removed_at_test_time(tiny_run: Path) -> None:
         assert full["availability"]["susceptibility"] == 1
     for path in (tiny_run / "results" / "models").glob("*/fold*/model_card.json"):
         card = json.loads(path.read_text())
-        assert card["channels"] == ["susceptibility", "dwi", "adc", "flair"] and "postprocessing" in card
+        assert card["channels"] == ["susceptibility", "dwi", "adc", "flair"] and "postprocessing" not in card
+        post = json.loads((path.parent / "postprocessing.json").read_text())  # the calibrate rule's, on the fold's validation subjects
+        assert post["chosen_on"] == card["training"]["split"]["val"], (post, card["training"]["split"])
 
 
 @pytest.mark.slow

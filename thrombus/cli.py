@@ -32,6 +32,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     """Subcommands that live with their stage's package (each registers its own parsers)."""
     from thrombus.convert.cli import add_convert_parser
     from thrombus.evaluation.cli import add_evaluation_parsers
+    from thrombus.inference.calibrate import add_calibrate_parser
     from thrombus.inference.cli import add_predict_parser
     from thrombus.inference.fold import add_predict_fold_parser
     from thrombus.ladder_cli import add_ladder_parser
@@ -43,6 +44,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     add_convert_parser(commands)
     add_preprocess_parsers(commands)
     add_train_parser(commands)
+    add_calibrate_parser(commands)
     add_predict_parser(commands)
     add_predict_fold_parser(commands)
     add_evaluation_parsers(commands)

@@ -56,7 +56,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--stack", required=True, help="harmonised stack, results/harmonise/<center>/<subject>/stack.nii.gz")
     predict.add_argument("--summary", required=True, help="its summary (stack.json: channels and availability)")
     predict.add_argument("--postprocessing", default=None,
-                         help="postprocessing.json written by training beside best.pt (default: threshold 0.5, no size filter)")
+                         help="postprocessing.json written by `thrombus calibrate` beside best.pt (default: threshold 0.5, no size filter)")
     predict.add_argument("--harmonise", default=None,
                          help="JSON of the config's harmonise section; the checkpoint must have been trained with the same")
     predict.add_argument("--sequences", nargs="*", default=None, metavar="CHANNEL",

@@ -159,7 +159,7 @@ def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--splits", required=True, help="split file of the experiment")
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--checkpoint", required=True, help="best.pt of the fold")
-    parser.add_argument("--postprocessing", default=None, help="postprocessing.json written by the training")
+    parser.add_argument("--postprocessing", default=None, help="postprocessing.json written by `thrombus calibrate`")
     parser.add_argument("--harmonise", default=None, help="JSON of the config's harmonise section (checked against the model card)")
     parser.add_argument("--subsets", default='{"all": []}', help='JSON {subset: [channels removed]}')
     parser.add_argument("--out-dir", required=True)

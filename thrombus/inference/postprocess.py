@@ -2,9 +2,9 @@
 
 A thrombus is a few hundred voxels on a thin-slice grid and a handful on a 6 mm one; the errors that matter are whole spurious components (a vein or a
 microbleed that looks like a clot) and a threshold that is slightly too strict for a faint clot. Both are
-settled here by two numbers, searched on the fold's validation subjects after training and written
-beside the checkpoint (`postprocessing.json`), so that inference on the test subjects uses settings that
-never saw them.
+settled here by two numbers, searched on the fold's validation subjects after training (the
+`calibrate` stage, `thrombus.inference.calibrate`) and written beside the checkpoint
+(`postprocessing.json`), so that inference on the test subjects uses settings that never saw them.
 
 Calibration criterion (one number per setting, higher is better): the mean over validation subjects of
 a case score, where
@@ -221,35 +221,3 @@ def choose_postprocessing(
     log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %g mm^3, score %.4f",
              len(subjects), threshold, size, score)
     return chosen
-
-
-def calibrate(
-    model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, stride: int = 1,
-    tile: tuple[int, int] | None = None,
-    progress: bool = True,
-) -> Postprocessing:
-    """Predict the validation cases as validation does (whole volumes, slabs `stride` apart) and choose the settings.
-
-    The model is put in eval mode for the predictions and handed back in the mode it came in.
-    """
-    import torch
-    from tqdm import tqdm
-
-    from thrombus.model.sliding import predict_case
-
-    if not cases:
-        return choose_postprocessing([], [], [])
-    was_training = model.training
-    model.eval()
-    probabilities, truths = [], []
-    try:
-        for case in tqdm(cases, desc="calibrating", unit="subject", leave=False, disable=not progress):
-            logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile)
-            probabilities.append(torch.sigmoid(logits).numpy())
-            truths.append(case.label.numpy())
-    finally:
-        model.train(was_training)
-    outside = [int(case.label_outside) for case in cases]
-    return choose_postprocessing(probabilities, truths, [case.subject for case in cases], truth_outside=outside,
-                                 voxel_volumes=[case.voxel_mm3 for case in cases], min_positives=MIN_POSITIVES)
-

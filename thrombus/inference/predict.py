@@ -220,7 +220,7 @@ def read_postprocessing(path: Path | None) -> tuple[Postprocessing, str | None]:
         return Postprocessing(), None
     path = Path(path)
     if not path.exists():
-        raise InferenceError(f"postprocessing file {path} does not exist: it is written by training beside best.pt")
+        raise InferenceError(f"postprocessing file {path} does not exist: `thrombus calibrate` writes it beside best.pt")
     try:
         return Postprocessing.from_dict(read_json(path)), str(path)
     except (TypeError, ValueError) as error:

@@ -272,13 +272,11 @@ def discard_checkpoints(out_dir: Path) -> None:
 
 
 def finish(trainer: Trainer) -> None:
-    """The model card JSON, the learning-curve picture and the calibrated postprocessing of a finished run.
+    """The model card JSON and the learning-curve picture of a finished run.
 
-    The threshold and minimum component size are chosen with the weights inference will use (best.pt),
-    on the validation subjects, so the test subjects never influence them.
+    Its threshold and smallest component are chosen afterwards by the calibration stage
+    (`thrombus calibrate`), on best.pt and the validation subjects.
     """
-    from thrombus.inference.postprocess import calibrate
-
     run = trainer.run
     write_log(run.out_dir / "training_log.csv", trainer.rows)
     plot_learning_curves(
@@ -286,18 +284,10 @@ def finish(trainer: Trainer) -> None:
         run.out_dir / "learning_curves.png",
         f"{run.model.architecture}, {run.card['training'].get('split', {}).get('name', '')}",
     )
-    if run.val_cases:
-        best = load_checkpoint(run.out_dir / "best.pt", {key: value for key, value in run.card.items() if key != "code"})
-        trainer.model.load_state_dict(best["model"])
-    options = run.options
-    post = calibrate(trainer.model, run.val_cases, options.slab_depth, options.val_batch_size, trainer.device,
-                     stride=options.stride, tile=options.tile, progress=run.progress)
-    write_json(run.out_dir / "postprocessing.json", post.to_dict())
     write_json(
         run.out_dir / "model_card.json",
         {
             **run.card,
-            "postprocessing": post.to_dict(),
             "result": {
                 "iterations": trainer.iteration,
                 "best": {key: value for key, value in trainer.best.items() if key != "score"},

@@ -357,6 +357,20 @@ def train_runtime(wildcards, attempt):
     return int((30 + iterations / 100) * attempt)
 
 
+def calibrate_inputs(wildcards):
+    """The fold's checkpoint, its split file and every labelled stack (the validation subjects are among them)."""
+    return {
+        "splits": experiment_splits(wildcards),
+        "checkpoint": f"results/models/{wildcards.experiment}/fold{wildcards.fold}/best.pt",
+        "stacks": labelled_stacks(),
+    }
+
+
+def calibrate_mem_mb(wildcards, input, attempt):
+    """The network and the validation cases held in memory, as in training (`train_mem_mb`); doubled on a retry."""
+    return train_mem_mb(wildcards, input, attempt)
+
+
 def infer_inputs(wildcards):
     folder = f"results/models/{wildcards.experiment}/fold{wildcards.fold}"
     return {

@@ -1,3 +1,28 @@
+rule calibrate:
+    """Threshold and smallest component of a fold's model, chosen with best.pt on its validation subjects."""
+    input:
+        unpack(calibrate_inputs),
+    output:
+        "results/models/{experiment}/fold{fold}/postprocessing.json",
+    log:
+        "logs/calibrate/{experiment}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/calibrate/{experiment}/fold{fold}.tsv"
+    wildcard_constraints:
+        fold="[0-9]+",
+    params:
+        sheet=config["samples"],
+    threads: config["threads"]["infer"]
+    resources:
+        mem_mb=calibrate_mem_mb,
+        runtime=30,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus calibrate --sheet {params.sheet:q} --stacks-root . --splits {input.splits:q} --fold {wildcards.fold}"
+        " --checkpoint {input.checkpoint:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
+
+
 rule infer:
     """Probability maps and masks of a fold's test subjects with every sequence subset its tables show; GPU on the cluster."""
     input:

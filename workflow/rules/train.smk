@@ -39,7 +39,6 @@ rule train:
         best=update("results/models/{experiment}/fold{fold}/best.pt"),
         latest=update("results/models/{experiment}/fold{fold}/latest.pt"),
         card="results/models/{experiment}/fold{fold}/model_card.json",
-        postprocessing="results/models/{experiment}/fold{fold}/postprocessing.json",
         log_csv="results/models/{experiment}/fold{fold}/training_log.csv",
         curves=report(
             "results/models/{experiment}/fold{fold}/learning_curves.png",
