@@ -12,13 +12,12 @@ import pytest
 
 from thrombus.device import cpu_has_native_bf16
 from thrombus.nifti import VolumeError
+from thrombus.preprocess.extractors.hdbet_minimal import flush_subnormal, weights_file
 from thrombus.preprocess.skullstrip import (
     BrainMaskError,
     HDBetOptions,
     brain_mask,
-    flush_subnormal,
     skullstrip_file,
-    weights_file,
 )
 
 ROBEX = "nifti/heads/robex_atlas_T1_head.nii.gz"
@@ -97,6 +96,22 @@ def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="precision"):
         HDBetOptions(precision="fp16")
     assert HDBetOptions(mirror=[2, 0], folds=[1, 3]).mirror == (0, 2)
+
+
+def test_backends_are_the_extractor_modules_and_the_schema_enum_lists_each() -> None:
+    """A backend is one module of thrombus.preprocess.extractors plus its schema enum value: nothing else names it."""
+    import yaml
+
+    from thrombus.preprocess import extractors
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert extractors.names() == ("hdbet_minimal", "hdbet_official")
+    assert set(schema["properties"]["skullstrip"]["properties"]["backend"]["enum"]) == set(extractors.names())
+    for name in extractors.names():
+        backend = extractors.load(name)
+        assert callable(backend.extract) and callable(backend.weights_record) and "torch" in backend.VERSIONS
+    with pytest.raises(ValueError, match="unknown"):
+        HDBetOptions(backend="robex")
 
 
 @pytest.mark.bad_input
