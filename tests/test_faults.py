@@ -32,6 +32,7 @@ KINDS = {
     "register": "register",
     "harmonise": "harmonise",
     "train": "train",
+    "calibrate": "calibrate",
     "infer": "predict-fold",
     "evaluate": "evaluate",
     "tables": "tables",
