@@ -422,14 +422,14 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     network.load_state_dict(payload["model"])
     slab_depth, stride, tile = card_prediction(payload["card"])
     post = calibrate(network, cases, slab_depth, 4, torch.device("cpu"), stride=stride, tile=tile, progress=False)
-    write_json(root / "model" / "postprocessing.json", post.to_dict())
+    write_json(root / "model" / "postprocessing.json", {**post.to_dict(), "weights_sha256": payload["weights_sha256"]})
     return root
 
 
 def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path) -> None:
     model_dir = overfit / "model"
     post = json.loads((model_dir / "postprocessing.json").read_text())
-    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion", "candidates"}
+    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion", "candidates", "weights_sha256"}
     # one thrombus-positive validation subject is too few to choose on: the defaults, and the reason
     assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == FEW_CRITERION.format(MIN_POSITIVES, 1)
     assert (post["threshold"], post["min_component_mm3"], post["candidates"]) == (0.5, 0.0, [])
@@ -441,3 +441,14 @@ def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path)
     dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice > 0.8, (dice, record)
     assert record["threshold"] == post["threshold"] and record["components"] >= 1
+
+
+@pytest.mark.bad_input
+def test_postprocessing_of_other_weights_is_refused(overfit: Path, untrained: Path, tmp_path: Path) -> None:
+    """The overfit model's calibrated settings given with another checkpoint: refused, naming both files."""
+    stack, _ = make_stack(3, positive=True)
+    post = overfit / "model" / "postprocessing.json"
+    with pytest.raises(CheckpointError, match=r"postprocessing file .*postprocessing.json was calibrated for other weights "
+                                              r"than those of checkpoint .*"):
+        predict_subject(request(tmp_path / "out", untrained, *write_stack(tmp_path / "in", stack), postprocessing=post))
+    assert not (tmp_path / "out").exists()

@@ -405,3 +405,4 @@ def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None
     post = json.loads((out / "postprocessing.json").read_text())
     assert post["chosen_on"] == card["training"]["split"]["val"] and post["chosen_on"]
     assert 0 < post["threshold"] < 1 and post["min_component_mm3"] >= 0
+    assert post["weights_sha256"] == torch.load(out / "best.pt", weights_only=True)["weights_sha256"]

@@ -13,6 +13,7 @@ reads volumes exactly as validation did and inference will.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ def calibrate_fold(request: CalibrationRequest) -> Postprocessing:
         cases = load_cases(case_sources([by_id[s] for s in fold["val"]], request.stacks_root), list(card["channels"]))
         post = calibrate(model.to(device), cases, slab_depth, request.batch_size, device, stride=stride, tile=tile,
                          progress=request.progress)
+    post = dataclasses.replace(post, weights_sha256=payload["weights_sha256"])
     write_json(request.out, post.to_dict())
     return post
 

@@ -75,6 +75,8 @@ class Postprocessing:
         score: the calibration criterion at the chosen settings (None for the default).
         criterion: how they were chosen, in words.
         candidates: every (threshold, min_component_mm3, score) searched, best first.
+        weights_sha256: checksum of the weights the settings were chosen with (the checkpoint's own);
+            inference refuses them with other weights, for which they mean nothing.
     """
 
     threshold: float = 0.5
@@ -83,6 +85,7 @@ class Postprocessing:
     score: float | None = None
     criterion: str = DEFAULT_CRITERION
     candidates: tuple[tuple[float, float, float], ...] = ()
+    weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

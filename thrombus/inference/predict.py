@@ -191,7 +191,7 @@ def load_model(checkpoint: Path, stack_channels: Sequence[str], harmonise: Mappi
     check_card(payload["card"], checkpoint, stack_channels, harmonise, what)
     network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
     network.load_state_dict(payload["model"])
-    return LoadedModel(network.eval(), payload["card"])
+    return LoadedModel(network.eval(), payload["card"], payload.get("weights_sha256"))
 
 
 def read_stack(request: PredictRequest) -> tuple[np.ndarray, np.ndarray, list[str], Any]:
@@ -227,6 +227,20 @@ def read_postprocessing(path: Path | None) -> tuple[Postprocessing, str | None]:
         raise InferenceError(f"postprocessing file {path} is not usable ({error}): retrain, or leave it out") from error
 
 
+def check_weights(post: Postprocessing, loaded: LoadedModel, post_path: Path | None, checkpoint: Path) -> None:
+    """Refuse settings calibrated on other weights than the checkpoint's: their threshold means nothing there.
+
+    A CheckpointError, so that a fold's inference stops as a whole instead of failing each subject.
+    Settings without a checksum (the defaults, files from before it) are taken as they are.
+    """
+    if post.weights_sha256 and loaded.weights_sha256 and post.weights_sha256 != loaded.weights_sha256:
+        raise CheckpointError(
+            f"postprocessing file {post_path} was calibrated for other weights than those of checkpoint {checkpoint} "
+            f"(weights {post.weights_sha256[:12]}... vs {loaded.weights_sha256[:12]}...): give the postprocessing.json "
+            "that `thrombus calibrate` wrote beside this checkpoint, or calibrate it"
+        )
+
+
 def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Predict one subject and write the probability map, the mask and the record; returns the record.
 
@@ -246,6 +260,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         loaded = load_model(request.checkpoint, stack_channels, request.harmonise, stack_what)
     else:
         check_card(loaded.card, request.checkpoint, stack_channels, request.harmonise, stack_what)
+    check_weights(post, loaded, request.postprocessing, request.checkpoint)
     channels = list(loaded.card["channels"])
     order = [stack_channels.index(name) for name in channels]
     if order != list(range(len(channels))):

@@ -166,10 +166,11 @@ def load_checkpoint(path: PathLike, expected: Mapping[str, Any]) -> dict[str, An
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network rebuilt from a checkpoint, with its card."""
+    """A network rebuilt from a checkpoint, with its card and the checksum of its weights."""
 
     network: nn.Module
     card: dict[str, Any]
+    weights_sha256: str | None = None
 
 
 def model_from_checkpoint(path: PathLike, expected: Mapping[str, Any]) -> LoadedModel:
@@ -177,4 +178,4 @@ def model_from_checkpoint(path: PathLike, expected: Mapping[str, Any]) -> Loaded
     payload = load_checkpoint(path, expected)
     network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
     network.load_state_dict(payload["model"])
-    return LoadedModel(network.eval(), payload["card"])
+    return LoadedModel(network.eval(), payload["card"], payload.get("weights_sha256"))
