@@ -40,6 +40,7 @@ from thrombus.inference.predict import (
 )
 from thrombus.io import sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
+from thrombus.nifti import VolumeError
 from thrombus.training.card import CheckpointError, load_checkpoint, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
 from thrombus.model.sliding import predict_case, slab_centres, tile_starts
@@ -452,3 +453,44 @@ def test_postprocessing_of_other_weights_is_refused(overfit: Path, untrained: Pa
                                               r"than those of checkpoint .*"):
         predict_subject(request(tmp_path / "out", untrained, *write_stack(tmp_path / "in", stack), postprocessing=post))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("output, same_as", [("out_probability", "stack"), ("out_probability", "out_mask"),
+                                             ("out_record", "summary"), ("out_mask", "checkpoint")])
+def test_an_output_on_an_input_or_another_output_is_refused_before_anything_is_written(
+    tmp_path: Path, untrained: Path, output: str, same_as: str
+) -> None:
+    stack, _ = make_stack(3, positive=True)
+    inputs = write_stack(tmp_path / "in", stack)
+    base = request(tmp_path / "out", untrained, *inputs)
+    before = {path: path.read_bytes() for path in (*inputs, untrained)}
+    with pytest.raises(InferenceError, match=r"--[a-z-]+ .* is the same file as --[a-z-]+; every output needs a path"):
+        predict_subject(request(tmp_path / "out", untrained, *inputs, **{output: getattr(base, same_as)}))
+    assert {path: path.read_bytes() for path in before} == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.bad_input
+def test_a_summary_of_another_subject_or_grid_is_refused(tmp_path: Path, untrained: Path) -> None:
+    stack, _ = make_stack(3, positive=True)
+    stack_path, summary = write_stack(tmp_path / "in", stack)
+    document = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**document, "subject": "S002", "center": "A", "shape": list(stack.shape[:3])}))
+    with pytest.raises(VolumeError, match=r"summary .*stack.json is that of subject S002 \(center A\)"):
+        predict_subject(request(tmp_path / "out", untrained, stack_path, summary))
+    summary.write_text(json.dumps({**document, "subject": "S001", "center": "A", "shape": [9, 9, 9]}))
+    with pytest.raises(VolumeError, match=r"describes \[9, 9, 9\]"):
+        predict_subject(request(tmp_path / "out", untrained, stack_path, summary))
+    summary.write_text(json.dumps({**document, "subject": "S001", "center": "A", "shape": list(stack.shape[:3])}))
+    assert predict_subject(request(tmp_path / "out", untrained, stack_path, summary))["subject"] == "S001"
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("argv", [["predict", "--threads", "0"], ["predict", "--batch-size", "-1"],
+                                  ["calibrate", "--threads", "x"], ["predict-fold", "--threads", "0"]])
+def test_a_count_below_one_is_a_usage_error_not_a_traceback(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from thrombus.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2 and "expected a whole number of at least 1" in capsys.readouterr().err

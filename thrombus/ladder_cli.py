@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from thrombus.options import positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
     ladder.add_argument("--root", default=".", help="workflow directory holding results/harmonise/")
     ladder.add_argument("--out-dir", default="results/ladder", help="checkpoints and ladder.json")
     ladder.add_argument("--results", default=None, help="write the Markdown here (e.g. RESULTS.md's ladder part)")
-    ladder.add_argument("--threads", type=int, default=None)
+    ladder.add_argument("--threads", type=positive_int, default=None)
     ladder.add_argument("--only", nargs="*", default=None, help="recipe/rung pairs to run, e.g. new/overfit")
     ladder.add_argument("--report-only", action="store_true", help="render the Markdown from an existing ladder.json")
     ladder.add_argument("--quiet", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -26,4 +27,18 @@ def json_object(text: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} is not valid JSON ({error}): {text[:200]}") from error
     if not isinstance(value, dict):
         raise ConfigError(f"{what} must be a JSON object, got {text[:200]}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count (threads, batch size, workers): a whole number of at least 1.
+
+    A zero or negative count used to reach torch or a process pool and fail there with a traceback.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
     return value

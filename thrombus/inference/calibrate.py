@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thrombus.options import positive_int
+
 if TYPE_CHECKING:  # scipy behind postprocess stays out of `thrombus --help`
     from thrombus.inference.postprocess import Postprocessing
 
@@ -117,8 +119,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--checkpoint", required=True, help="best.pt of the fold")
     parser.add_argument("--out", required=True, help="postprocessing.json to write (beside best.pt)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4, help="slabs per forward pass (does not change the result)")
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="slabs per forward pass (does not change the result)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_calibrate)

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from thrombus.options import json_object
+from thrombus.options import json_object, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--record", required=True, help="JSON record of the prediction")
     predict.add_argument("--subject", required=True)
     predict.add_argument("--center", required=True)
-    predict.add_argument("--threads", type=int, default=1, help="torch threads (the rule passes its own)")
+    predict.add_argument("--threads", type=positive_int, default=1, help="torch threads (the rule passes its own)")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    predict.add_argument("--batch-size", type=int, default=4, help="slabs per forward pass (memory only, not results)")
+    predict.add_argument("--batch-size", type=positive_int, default=4, help="slabs per forward pass (memory only, not results)")
     predict.set_defaults(func=_cmd_predict)

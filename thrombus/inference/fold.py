@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from thrombus.io import PathLike, atomic_folder, write_json
-from thrombus.options import json_object
+from thrombus.options import json_object, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--harmonise", default=None, help="JSON of the config's harmonise section (checked against the model card)")
     parser.add_argument("--subsets", default='{"all": []}', help='JSON {subset: [channels removed]}')
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.set_defaults(func=_cmd_predict_fold)
 

@@ -201,6 +201,15 @@ def read_stack(request: PredictRequest) -> tuple[np.ndarray, np.ndarray, list[st
     if not Path(request.summary).exists():
         raise VolumeError(f"{what}: summary {request.summary} (stack.json beside the stack) does not exist: rerun harmonisation")
     summary = read_json(request.summary)
+    summarised = summary.get("subject"), summary.get("center")
+    if summarised[0] is not None and summarised != (request.subject, request.center):
+        raise VolumeError(
+            f"{what}: summary {request.summary} is that of subject {summarised[0]} (center {summarised[1]}), not of "
+            f"this stack's subject: give the stack.json beside {request.stack}"
+        )
+    if "shape" in summary and list(summary["shape"]) != list(data.shape[:3]):
+        raise VolumeError(f"{what}: {request.stack} has the grid {list(data.shape[:3])} but its summary {request.summary} "
+                          f"describes {list(summary['shape'])}: give the stack.json beside it, or rerun harmonisation")
     channels = [str(name) for name in summary.get("channels", [])]
     availability = np.asarray(summary.get("availability", []), dtype=np.float32)
     if data.ndim == 3 and len(channels) == 1:
@@ -241,6 +250,20 @@ def check_weights(post: Postprocessing, loaded: LoadedModel, post_path: Path | N
         )
 
 
+def check_paths(request: PredictRequest) -> None:
+    """Refuse an output that would overwrite an input or another output, before anything is written."""
+    inputs = {"--checkpoint": request.checkpoint, "--stack": request.stack, "--summary": request.summary,
+              "--postprocessing": request.postprocessing}
+    outputs = {"--out-probability": request.out_probability, "--out-mask": request.out_mask, "--record": request.out_record}
+    seen = {Path(path).resolve(): option for option, path in inputs.items() if path is not None}
+    for option, path in outputs.items():
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise InferenceError(f"{request.what}: {option} {path} is the same file as {seen[resolved]}; "
+                                 "every output needs a path of its own, apart from the inputs")
+        seen[resolved] = option
+
+
 def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Predict one subject and write the probability map, the mask and the record; returns the record.
 
@@ -248,6 +271,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     predict many subjects with one model; its card is still checked against this subject's stack.
     """
     started = time.perf_counter()
+    check_paths(request)
     torch.set_num_threads(request.threads)
     try:
         device = resolve_device(request.device, "--device")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from thrombus import SEQUENCES
 from thrombus.errors import user_errors, write_failure
+from thrombus.options import positive_int
 
 log = logging.getLogger("thrombus")
 
@@ -120,7 +121,7 @@ def _add_step_identity(parser: argparse.ArgumentParser, sequence: bool = True) -
     parser.add_argument("--center", required=True)
     if sequence:
         parser.add_argument("--sequence", required=True, choices=SEQUENCES)
-    parser.add_argument("--threads", type=int, default=1, help="threads (the rule passes its own)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="threads (the rule passes its own)")
     parser.add_argument("--record", default=None, help="JSON step record")
 
 

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from thrombus.options import positive_int
+
 log = logging.getLogger("thrombus")
 
 
@@ -25,5 +27,5 @@ def add_synth_parser(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="output folder (dicom/, truth/, samples.tsv, qc/)")
     synth.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
-    synth.add_argument("--threads", type=int, default=1, help="worker processes (outputs are identical whatever the count)")
+    synth.add_argument("--threads", type=positive_int, default=1, help="worker processes (outputs are identical whatever the count)")
     synth.set_defaults(func=_cmd_synth)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from thrombus.options import json_object
+from thrombus.options import json_object, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--options", default="{}", help='JSON {"train": {...}, "model": {...}} of the config sections')
     train.add_argument("--harmonise", default="{}", help="JSON of the config's harmonise section (recorded in the model card)")
     train.add_argument("--out-dir", required=True, help="where best.pt, latest.pt, model_card.json and the logs go")
-    train.add_argument("--threads", type=int, default=1, help="torch threads (the rule passes its own)")
+    train.add_argument("--threads", type=positive_int, default=1, help="torch threads (the rule passes its own)")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--resume", action="store_true", help="continue from OUT_DIR/latest.pt when it exists")
-    train.add_argument("--stop-after", type=int, default=None, help="stop after this many iterations (resumable)")
+    train.add_argument("--stop-after", type=positive_int, default=None, help="stop after this many iterations (resumable)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
