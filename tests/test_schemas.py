@@ -59,6 +59,7 @@ def test_valid_sheet_builds_the_dag(workdir: Path) -> None:
         ({"evaluation": {"subsets": {"s": ["perfusion"]}}, "tables": {"t": {"experiments": ["loco_gmd"], "subsets": ["s"]}}}, "perfusion"),
         ({"tables": {"t": {"experiments": ["loco_gmd"], "subsets": ["no_such_subset"]}}}, "no_such_subset"),
         ({"train": {"iterations": 0}}, "iterations"),
+        ({"train": {"slab_depth": 4}}, "slab_depth"),
     ],
 )
 @pytest.mark.bad_input
@@ -76,6 +77,7 @@ def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, ex
         ((_row(), _row("A001", "B")), "A001 in rows 2, 3 (centers A, B)"),
         ((_row(), _row()), "A001 in rows 2, 3 (centers A, A)"),
         ((_row(swi=""),), "line 2 (subject A001, center A): none of the reference sequences swi, t2star"),
+        ((_row(center="all"),), "line 2 (subject A001, center all): the center name 'all' is reserved"),
     ],
 )
 @pytest.mark.bad_input

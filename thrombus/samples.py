@@ -60,6 +60,10 @@ def _absolute(value: str, base: Path) -> str:
     return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 
 
+#: Center names the workflow uses itself: the tables' pooled row and `folds: all` (case-insensitive).
+RESERVED_CENTERS: frozenset[str] = frozenset({"all"})
+
+
 def check_sheet(sheet: pd.DataFrame, config: Mapping[str, Any], source: str = "sample sheet") -> pd.DataFrame:
     """Checks across rows and against the config; returns the sheet indexed by subject.
 
@@ -76,6 +80,9 @@ def check_sheet(sheet: pd.DataFrame, config: Mapping[str, Any], source: str = "s
     wanted = list(config.get("sequences", SEQUENCES))
     for index, row in sheet.iterrows():
         line = f"{source}, line {int(index) + 2} (subject {row['subject']}, center {row['center']})"
+        if str(row["center"]).lower() in RESERVED_CENTERS:
+            raise SampleSheetError(f"{line}: the center name {row['center']!r} is reserved (the tables' row that pools "
+                                   "every center, and `folds: all`); give the center another name")
         present = [s for s in wanted if row[s]]
         if not present:
             raise SampleSheetError(f"{line}: no series given for any of the sequences {', '.join(wanted)}")
