@@ -151,3 +151,90 @@ def test_a_killed_attempts_staging_folder_is_replaced(subject: tuple[str, str, P
     (leftover / "swi.nii.gz").write_bytes(b"half written")
     convert_subject(_requests(subject)[:1], out)
     assert not leftover.exists() and {p.name for p in out.iterdir()} == {"swi.nii.gz", "swi.json"}
+
+
+# --- real exports: what dcm2niix converts is converted ------------------------------------------------
+
+
+def _without_pixels(source: Path, target: Path, series_uid: str | None = None, modality: str = "PR") -> None:
+    """A DICOM object without pixel data made from `source`'s header (a presentation state, a private object)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    del ds.PixelData
+    ds.Modality, ds.SOPInstanceUID = modality, generate_uid()
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    ds.save_as(target)
+
+
+def test_objects_without_pixel_data_are_skipped_and_listed(subject: tuple[str, str, Path, dict[str, str]],
+                                                          tmp_path: Path) -> None:
+    """A vendor's full export: a presentation state under the image series' UID and a private object of its own."""
+    import pydicom
+
+    name, center, dicom_dir, series = subject
+    folder = dicom_dir / series["swi"]
+    first = _slices(folder)[0]
+    _without_pixels(first, folder / "PS_0001")  # same series UID
+    _without_pixels(first, folder / "XX_0001", series_uid=pydicom.uid.generate_uid(), modality="OT")
+    out = tmp_path / "out" / "swi.nii.gz"
+    record = convert_sequence(ConvertRequest(name, center, "swi", dicom_dir, series["swi"]), out, out.with_suffix(".json"))
+    assert out.is_file() and record["inputs"]["n_files"] == len(_slices(folder)) - 2
+    assert record["qc"]["checks"] == ["skipped 1 object(s) of the series without pixel data: PS_0001"]
+
+
+@pytest.mark.bad_input
+def test_a_folder_of_objects_without_pixel_data_only_is_refused(subject: tuple[str, str, Path, dict[str, str]],
+                                                               tmp_path: Path) -> None:
+    name, center, dicom_dir, series = subject
+    folder = dicom_dir / series["swi"]
+    for path in _slices(folder):
+        _without_pixels(path, path)
+    with pytest.raises(SeriesError, match=r"holds no image: its \d+ DICOM objects have no pixel data"):
+        convert_sequence(ConvertRequest(name, center, "swi", dicom_dir, series["swi"]), tmp_path / "a.nii.gz", tmp_path / "a.json")
+
+
+@pytest.mark.bad_input
+def test_gzipped_files_ask_to_be_decompressed(subject: tuple[str, str, Path, dict[str, str]], tmp_path: Path) -> None:
+    import gzip
+
+    name, center, dicom_dir, series = subject
+    victim = _slices(dicom_dir / series["swi"])[2]
+    victim.with_name(victim.name + ".gz").write_bytes(gzip.compress(victim.read_bytes()))
+    victim.unlink()
+    with pytest.raises(SeriesError, match=r"\.gz is gzip-compressed; decompress the series folder"):
+        convert_sequence(ConvertRequest(name, center, "swi", dicom_dir, series["swi"]), tmp_path / "a.nii.gz", tmp_path / "a.json")
+
+
+def test_a_symlinked_series_folder_is_found_under_auto(subject: tuple[str, str, Path, dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    """A subject folder assembled from links to the archive's series folders (a loop among them too)."""
+    from conftest import REPO
+    import yaml
+
+    patterns = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["series_patterns"]
+    name, center, dicom_dir, series = subject
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for folder in series.values():
+        (linked / folder).symlink_to(dicom_dir / folder, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    record = convert_sequence(ConvertRequest(name, center, "swi", linked, "auto", patterns), tmp_path / "a.nii.gz",
+                              tmp_path / "a.json")
+    assert Path(record["inputs"]["series_folder"]).name == series["swi"]
+
+
+def test_slices_placed_by_private_tags_are_left_to_dcm2niix(subject: tuple[str, str, Path, dict[str, str]]) -> None:
+    """Files without the standard position tags (UIH keeps them in a private sequence): not refused by our checks."""
+    import dataclasses
+
+    from thrombus.convert.series import check_slices, single_series
+
+    name, center, dicom_dir, series = subject
+    found = single_series(dicom_dir / series["swi"], "swi")
+    assert check_slices(found, "swi") == []
+    found.files = [dataclasses.replace(f, position=None) for f in found.files]
+    (note,) = check_slices(found, "swi")
+    assert note.startswith(f"slice checks left to dcm2niix: {len(found.files)} of {len(found.files)} files lack")

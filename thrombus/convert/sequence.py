@@ -139,7 +139,10 @@ def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: 
     """Convert one sequence; writes the NIfTI, its scrubbed sidecar and the step record (all atomic)."""
     record = StepRecord("convert", subject=request.subject, center=request.center)
     series = find_series(request)
-    check_slices(series, request.what)
+    notes = check_slices(series, request.what)
+    if series.skipped:
+        notes.append(f"skipped {len(series.skipped)} object(s) of the series without pixel data: "
+                     + ", ".join(sorted(p.name for p in series.skipped)[:10]))
     record.inputs = {
         "series_folder": str(series.folder),
         "series_description": series.description,
@@ -169,6 +172,7 @@ def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: 
         "note": converted.note,
         "dcm2niix_outputs": [f"{o.nifti.name} {list(o.shape)}" for o in outputs],
         "dcm2niix_warnings": [scrub_text(line, series.identifiers) for line in console.splitlines() if re.match(r"(?i)warning", line)],
+        "checks": notes,
     }
     if record_path is not None:
         record.write(record_path)

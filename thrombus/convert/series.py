@@ -7,6 +7,7 @@ center, subject and folder, so a bad series stops its own job and nothing else.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter, defaultdict
@@ -19,6 +20,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from thrombus.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: Header fields read when scanning; pixel data is never loaded for a scan.
 _SCAN_TAGS = [
@@ -39,6 +42,18 @@ _IGNORED_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", ".DS_Store", "Thumbs.db"}
 
 class SeriesError(UserError, ValueError):
     """A DICOM series that cannot be converted as it is; the message says which and why."""
+
+
+class NotAnImage(SeriesError):
+    """A DICOM object without pixel data (a presentation state, a report, a vendor's private object).
+
+    Exports hold them beside the images, sometimes under an image series' UID: they are skipped and
+    listed in the step record, never converted and never a reason to refuse the series.
+    """
+
+    def __init__(self, message: str, path: Path, series_uid: str) -> None:
+        super().__init__(message)
+        self.path, self.series_uid = path, series_uid
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class Series:
     number: int | None
     files: list[DicomFile] = field(default_factory=list)
     identifiers: set[str] = field(default_factory=set)
+    skipped: list[Path] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
@@ -98,7 +114,7 @@ def _float_tuple(value: object) -> tuple[float, ...] | None:
 def _check_complete(ds: pydicom.Dataset, path: Path, what: str) -> None:
     """A file cut short (an interrupted copy) declares more pixel bytes than it holds."""
     if _PIXEL_DATA not in ds:
-        raise SeriesError(f"{what}: {path} holds no pixel data; it is not an image")
+        raise NotAnImage(f"{what}: {path} holds no pixel data; it is not an image", path, str(ds.SeriesInstanceUID))
     element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     length, offset = getattr(element, "length", None), getattr(element, "value_tell", None)
     if length is None or offset is None or length == _UNDEFINED_LENGTH:
@@ -110,8 +126,20 @@ def _check_complete(ds: pydicom.Dataset, path: Path, what: str) -> None:
         )
 
 
+def _is_gzip(path: Path) -> bool:
+    """A file compressed on its own (some archives gzip each DICOM file): it starts with gzip's magic bytes."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
 def read_header(path: Path, what: str) -> tuple[DicomFile, set[str]]:
     """Read one file's header; a non-DICOM, unreadable or truncated file raises SeriesError naming it."""
+    if _is_gzip(path):
+        raise SeriesError(f"{what}: {path} is gzip-compressed; decompress the series folder (`gzip -d -r <folder>`) "
+                          "and run again")
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, specific_tags=_SCAN_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
@@ -134,13 +162,27 @@ def read_header(path: Path, what: str) -> tuple[DicomFile, set[str]]:
     return record, _identifier_strings(ds)
 
 
+def _walk(folder: Path) -> Iterable[Path]:
+    """Every file under `folder`, following symlinked folders (a series linked into a subject's folder)
+    but entering each real folder once, so a link loop cannot recurse forever."""
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(root) / name for name in names)
+
+
 def list_files(folder: Path, what: str, recursive: bool) -> list[Path]:
     """All candidate files in a folder; an absent or empty folder raises SeriesError."""
     if not folder.is_dir():
         raise SeriesError(f"{what}: DICOM folder {folder} does not exist; check the sample sheet")
-    pattern = "**/*" if recursive else "*"
+    candidates = _walk(folder) if recursive else folder.iterdir()
     files = sorted(
-        p for p in folder.glob(pattern)
+        p for p in candidates
         if p.is_file() and p.name not in _IGNORED_NAMES and not p.name.startswith(".")
     )
     if not files:
@@ -149,13 +191,30 @@ def list_files(folder: Path, what: str, recursive: bool) -> list[Path]:
 
 
 def scan_series(folder: Path, what: str, recursive: bool = False) -> list[Series]:
-    """Group the DICOM files under `folder` by SeriesInstanceUID."""
+    """Group the DICOM image files under `folder` by SeriesInstanceUID.
+
+    Objects without pixel data are skipped: listed with the image series that shares their UID, left
+    out (and logged) otherwise. A folder of such objects only is an error.
+    """
     groups: dict[str, Series] = {}
+    skipped: list[NotAnImage] = []
     for path in list_files(folder, what, recursive):
-        record, identifiers = read_header(path, what)
+        try:
+            record, identifiers = read_header(path, what)
+        except NotAnImage as error:
+            skipped.append(error)
+            continue
         series = groups.setdefault(record.series_uid, Series(record.series_uid, record.description, record.number))
         series.files.append(record)
         series.identifiers |= identifiers
+    for error in skipped:
+        if error.series_uid in groups:
+            groups[error.series_uid].skipped.append(error.path)
+        else:
+            log.info("%s: skipped %s, an object without pixel data outside every image series", what, error.path)
+    if not groups:
+        raise SeriesError(f"{what}: DICOM folder {folder} holds no image: its {len(skipped)} DICOM objects have no "
+                          "pixel data (presentation states, reports, private objects); point the sample sheet at the images")
     return sorted(groups.values(), key=lambda s: (s.number if s.number is not None else -1, s.description))
 
 
@@ -207,19 +266,24 @@ def match_series(
     return hits[0]
 
 
-def check_slices(series: Series, what: str) -> None:
+def check_slices(series: Series, what: str) -> list[str]:
     """Refuse a classic series with a missing slice or an uneven number of images per slice position.
 
     Positions are projected on the slice normal; a gap wider than 1.5 times the median spacing, or a
     position holding fewer images than the others (a volume of a DWI series lost a slice), is a missing
-    slice. Enhanced (multi-frame) files carry their own frame geometry and are left to dcm2niix.
+    slice. Enhanced (multi-frame) files carry their own frame geometry and are left to dcm2niix, and so
+    are series whose files lack the standard position tags: some vendors (UIH) keep them in private
+    sequences that dcm2niix reads, and a check stricter than the converter would refuse a good series.
+    Returns notes for the step record on what was not checked.
     """
     if series.enhanced:
-        return
+        return []
+    unplaced = [r.path for r in series.files if r.orientation is None or r.position is None]
+    if unplaced:
+        return [f"slice checks left to dcm2niix: {len(unplaced)} of {len(series.files)} files lack "
+                "ImagePositionPatient/ImageOrientationPatient (e.g. " + unplaced[0].name + ")"]
     by_orientation: dict[tuple[float, ...], list[DicomFile]] = defaultdict(list)
     for record in series.files:
-        if record.orientation is None or record.position is None:
-            raise SeriesError(f"{what}: {record.path} lacks ImagePositionPatient/ImageOrientationPatient")
         by_orientation[record.orientation].append(record)
     for orientation, records in by_orientation.items():
         if len(records) < 2:
@@ -247,3 +311,4 @@ def check_slices(series: Series, what: str) -> None:
                 f"{what}: series '{series.description}' in {series.folder} has a gap in its slice positions "
                 f"({where}; spacing {median:.2f} mm elsewhere): a slice is missing; re-export the series"
             )
+    return []
