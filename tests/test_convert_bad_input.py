@@ -238,3 +238,34 @@ def test_slices_placed_by_private_tags_are_left_to_dcm2niix(subject: tuple[str, 
     found.files = [dataclasses.replace(f, position=None) for f in found.files]
     (note,) = check_slices(found, "swi")
     assert note.startswith(f"slice checks left to dcm2niix: {len(found.files)} of {len(found.files)} files lack")
+
+
+def test_dti_series_descriptions_match_the_dwi_pattern_and_their_derived_maps_do_not() -> None:
+    import re
+
+    from conftest import REPO
+    import yaml
+
+    patterns = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["series_patterns"]
+    dwi, adc = re.compile(patterns["dwi"], re.IGNORECASE), re.compile(patterns["adc"], re.IGNORECASE)
+    for description in ("DTI_30dir", "AX DTI 25 DIR", "ep2d_diff_mddw_20_p2", "DWI_SS_b1000", "ep2d_diff_tra_TRACEW"):
+        assert dwi.search(description) and not adc.search(description), description
+    for description in ("DTI_30dir_ADC", "DTI_30dir_FA", "DTI_30dir_ColFA", "DTI_30dir_TENSOR", "FA map DTI", "DTI_30dir_EXP"):
+        assert not dwi.search(description), description
+
+
+def test_adc_auto_without_a_scanner_adc_is_derived_from_the_dwi_series(subject: tuple[str, str, Path, dict[str, str]],
+                                                                      tmp_path: Path) -> None:
+    from conftest import REPO
+    import yaml
+
+    patterns = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["series_patterns"]
+    name, center, dicom_dir, series = subject
+    shutil.rmtree(dicom_dir / series["adc"])
+    record = convert_sequence(ConvertRequest(name, center, "adc", dicom_dir, "auto", patterns), tmp_path / "adc.nii.gz",
+                              tmp_path / "adc.json")
+    assert Path(record["inputs"]["series_folder"]).name == series["dwi"]
+    assert record["qc"]["note"].startswith("fallback: ADC computed here from b=0 and b=")
+    with pytest.raises(SeriesError, match="no series in .* matches the adc pattern"):
+        convert_sequence(ConvertRequest(name, center, "adc", dicom_dir, "auto", patterns, derive_adc=False),
+                         tmp_path / "b.nii.gz", tmp_path / "b.json")

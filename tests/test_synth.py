@@ -30,7 +30,7 @@ HEADER = "subject\tcenter\tdicom_dir\tswi\tt2star\tdwi\tadc\tflair\tt1\tthrombus
 DEFAULT_PATTERNS = {
     "swi": "swi|swan|swip",
     "t2star": r"t2\*|t2star|t2_star|ffe|hemo|gre",
-    "dwi": r"^(?!.*adc).*(diff|dwi|trace)",
+    "dwi": r"^(?!.*(adc|apparent|colfa|tensor|exp|(^|[^a-z])fa([^a-z]|$))).*(diff|dwi|trace|dti)",
     "adc": "adc|apparent",
     "flair": "flair|dark.fluid|tirm",
     "t1": "t1|mprage|tfl",

@@ -14,7 +14,7 @@ import numpy as np
 
 from thrombus.convert import dcm2niix
 from thrombus.convert.diffusion import adc_map, trace_image
-from thrombus.convert.series import Series, check_slices, match_series, scan_series, single_series
+from thrombus.convert.series import NoSeriesMatch, Series, check_slices, match_series, scan_series, single_series
 from thrombus.convert.sidecar import scrub_sidecar, scrub_text
 from thrombus.io import PathLike, sha256_files, write_json
 from thrombus.nifti import check_volume, orientation, save_nifti
@@ -54,7 +54,13 @@ def find_series(request: ConvertRequest) -> Series:
     """The series of the request: the folder the sample sheet names, or the one its pattern matches."""
     if request.series == AUTO:
         found = scan_series(request.dicom_dir, request.what, recursive=True)
-        return match_series(found, request.patterns, request.sequence, request.what, request.dicom_dir)
+        try:
+            return match_series(found, request.patterns, request.sequence, request.what, request.dicom_dir)
+        except NoSeriesMatch:
+            if not (request.sequence == "adc" and request.derive_adc and "dwi" in request.patterns):
+                raise
+        # no scanner ADC: the ADC is computed from the DWI series' b-values (`choose_output`)
+        return match_series(found, request.patterns, "dwi", request.what, request.dicom_dir)
     folder = Path(request.series)
     if not folder.is_absolute():
         folder = request.dicom_dir / folder

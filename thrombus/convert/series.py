@@ -44,6 +44,10 @@ class SeriesError(UserError, ValueError):
     """A DICOM series that cannot be converted as it is; the message says which and why."""
 
 
+class NoSeriesMatch(SeriesError):
+    """No series of the folder matches the sequence's pattern (under `auto`)."""
+
+
 class NotAnImage(SeriesError):
     """A DICOM object without pixel data (a presentation state, a report, a vendor's private object).
 
@@ -253,7 +257,7 @@ def match_series(
             hits.append(candidate)
     if not hits:
         seen = ", ".join(f"'{s.description}'" for s in series) or "none"
-        raise SeriesError(
+        raise NoSeriesMatch(
             f"{what}: no series in {folder} matches the {sequence} pattern '{patterns[sequence]}' "
             f"(series found: {seen}); fix the pattern or give the folder in the sample sheet"
         )
