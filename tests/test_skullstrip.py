@@ -243,3 +243,19 @@ def test_tcga_anisotropic_matches_hdbet_reference(realdata: Path, tmp_path: Path
     value = dice(_mask_of(out_mask), _mask_of(realdata / TCGA_MASK))
     logger.info("TCGA-FG-6692 T1c Dice vs HD-BET reference %.4f", value)
     assert value >= 0.97
+
+
+@pytest.mark.bad_input
+def test_a_brain_shaped_mask_of_unusual_volume_is_flagged_not_refused(small_brain: tuple[np.ndarray, tuple],
+                                                                       tmp_path: Path) -> None:
+    """The template's 1.9 l brain over a 1500 ml upper bound: within 1.5x of it and brain-shaped, so kept and flagged."""
+    volume, _ = small_brain
+    image = tmp_path / "template.nii.gz"
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), image)
+    options = HDBetOptions(threads=2, min_brain_ml=850, max_brain_ml=1500)
+    qc = skullstrip_file(image, tmp_path / "mask.nii.gz", None, options, tmp_path / "record.json", subject="sub-03",
+                         sequence="swi")
+    (flag,) = qc["flags"]
+    assert flag.startswith(f"brain mask of {qc['brain_volume_ml']:.0f} ml outside the published adult range [850, 1500] ml")
+    assert json.loads((tmp_path / "record.json").read_text())["qc"]["flags"] == [flag]
+    assert (tmp_path / "mask.nii.gz").is_file() and 0.25 <= qc["brain_fraction_of_head"] <= 0.9

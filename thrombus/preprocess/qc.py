@@ -62,10 +62,11 @@ def robust_z(values: pd.Series) -> pd.Series:
 
 def center_table(skullstrip_records: Sequence[PathLike], register_records: Sequence[PathLike], harmonise_summaries: Sequence[PathLike], out: PathLike) -> pd.DataFrame:
     """One row per subject and registered sequence, with mask volumes and outlier flags."""
-    masks = {}
+    masks, mask_flags = {}, {}
     for path in skullstrip_records:
         record = read_json(path)
         masks[record["subject"]] = record.get("qc", {}).get("brain_volume_ml", np.nan)
+        mask_flags[record["subject"]] = list(record.get("qc", {}).get("flags", []))
     rows: list[dict[str, Any]] = []
     for path in register_records:
         record = read_json(path)
@@ -81,6 +82,8 @@ def center_table(skullstrip_records: Sequence[PathLike], register_records: Seque
         if not any(r["subject"] == summary["subject"] for r in rows):
             rows.append({"subject": summary["subject"], "sequence": summary["reference"], "usable": True, "flags": ""})
     table = pd.DataFrame(rows)
+    table["flags"] = ["; ".join([*mask_flags.get(subject, []), *([flags] if flags else [])])
+                      for subject, flags in zip(table["subject"], table["flags"])]
     table["brain_ml"] = table["subject"].map(masks)
     table = _flag_outliers(table)
     with atomic_path(out, suffix=".tsv") as tmp:

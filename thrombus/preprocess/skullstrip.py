@@ -28,6 +28,12 @@ from thrombus.provenance import StepRecord, package_versions
 logger = logging.getLogger(__name__)
 
 N_FOLDS = 5
+#: A mask outside [min_brain_ml x 0.5, max_brain_ml x 1.5] is refused whatever its shape: under 425 ml no
+#: adult brain is whole; over 3150 ml the mask holds more than any skull does.
+HARD_LIMITS: tuple[float, float] = (0.5, 1.5)
+#: The brain's share of the head (Otsu foreground) in a plausible mask; the synthetic and real heads of
+#: the tests lie at 0.60-0.71 (a field of view with the neck lowers it, a tight one raises it).
+BRAIN_FRACTION_OF_HEAD: tuple[float, float] = (0.25, 0.9)
 
 
 class BrainMaskError(VolumeError):
@@ -42,9 +48,12 @@ class HDBetOptions:
     (with `skullstrip_file`, RAS axes: 0 left-right, 1 front-back, 2 bottom-top); every combination of
     the listed axes is run (2**k passes per fold), as HD-BET does.
     threads: CPU threads for torch; the Snakemake rule passes its `threads`.
-    min_brain_ml / max_brain_ml: plausible brain-mask volume. HD-BET's mask is close to the
-    intracranial volume (adults about 1100-1900 ml); the lower bound leaves room for atrophy, children
-    and a field of view that misses the vertex, the upper one is above any adult head.
+    min_brain_ml / max_brain_ml: the published range of adult intracranial volume, which HD-BET's mask
+    follows: men 1469 +- 102 ml, women 1289 +- 111 ml (Matsumae et al., J Neurosurg 1996, MRI of 49
+    adults; 1496 +- 100 and 1311 +- 90 ml in a second MRI series, Ahmad et al., JBCS). 850 ml is the
+    women's mean - 4 SD; 2100 ml the men's mean + 6 SD, wider above because a mask drawn on SWI or T2*
+    keeps some extra-cerebral CSF (a real SWI mask of 2243 ml was right). Outside it a mask of brain
+    shape is flagged, not refused (`_check_plausible`).
     weights_dir: folder of the official hd-bet 2.x weights (holding `fold_all/`), for that backend only.
     """
 
@@ -56,8 +65,8 @@ class HDBetOptions:
     threads: int = 1
     largest_component: bool = True
     fill_holes: bool = True
-    min_brain_ml: float = 700.0
-    max_brain_ml: float = 2200.0
+    min_brain_ml: float = 850.0
+    max_brain_ml: float = 2100.0
     weights_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -145,17 +154,31 @@ def mask_qc(mask: np.ndarray, volume: np.ndarray, voxel_ml: float) -> dict[str, 
     }
 
 
-def _check_plausible(qc: dict[str, float], options: HDBetOptions, what: str, path: Path) -> None:
-    """Refuse empty or implausibly sized masks before anyone registers or trains on them."""
-    ml = qc["brain_volume_ml"]
+def _check_plausible(qc: dict[str, Any], options: HDBetOptions, what: str, path: Path) -> list[str]:
+    """Refuse an empty or impossible mask; flag one of unusual volume but plausible shape (returns the flags).
+
+    Outside the published range (`min_brain_ml`, `max_brain_ml`) a mask is kept with a flag for a person
+    to look at when its shape is plausible (between `BRAIN_FRACTION_OF_HEAD` of the head: a mask that
+    swallowed the head or kept a fragment of the brain is not) and its volume within `HARD_LIMITS`
+    times the range; otherwise it is refused before anyone registers or trains on it.
+    """
+    ml, fraction = qc["brain_volume_ml"], qc["brain_fraction_of_head"]
     if options.min_brain_ml <= ml <= options.max_brain_ml:
-        return
-    problem = "is empty" if ml == 0 else f"holds {ml:.0f} ml"
+        return []
+    low, high = options.min_brain_ml * HARD_LIMITS[0], options.max_brain_ml * HARD_LIMITS[1]
+    shaped = BRAIN_FRACTION_OF_HEAD[0] <= fraction <= BRAIN_FRACTION_OF_HEAD[1]
+    if ml > 0 and low <= ml <= high and shaped:
+        flag = (f"brain mask of {ml:.0f} ml outside the published adult range [{options.min_brain_ml:.0f}, "
+                f"{options.max_brain_ml:.0f}] ml ({100 * fraction:.0f}% of the head): look at its QC picture")
+        logger.warning("%s: %s", what, flag)
+        return [flag]
+    problem = "is empty" if ml == 0 else f"holds {ml:.0f} ml, {100 * fraction:.0f}% of the head"
     raise BrainMaskError(
-        f"{what}: the brain mask of {path} {problem}, outside the plausible "
-        f"[{options.min_brain_ml:.0f}, {options.max_brain_ml:.0f}] ml. Check that the series is a head "
-        "covering the whole brain, with a correct orientation in its header; for an unusual cohort widen "
-        "min_brain_ml / max_brain_ml."
+        f"{what}: the brain mask of {path} {problem}: outside the published adult range "
+        f"[{options.min_brain_ml:.0f}, {options.max_brain_ml:.0f}] ml"
+        + ("" if shaped else f" and not brain-shaped ({BRAIN_FRACTION_OF_HEAD[0]:.0%}-{BRAIN_FRACTION_OF_HEAD[1]:.0%} of the head expected)")
+        + ". Check that the series is a head covering the whole brain, with a correct orientation in its header; "
+        "for an unusual cohort (children, say) set min_brain_ml / max_brain_ml."
     )
 
 
@@ -207,8 +230,8 @@ def skullstrip_file(
         raise VolumeError(f"{what}: {image}: {err}") from err
     mask = nib.orientations.apply_orientation(ras_mask, undo)
     voxel_ml = float(np.prod(nifti.header.get_zooms()[:3])) / 1000.0
-    qc = mask_qc(mask, volume, voxel_ml)
-    _check_plausible(qc, options, what, image)
+    qc: dict[str, Any] = mask_qc(mask, volume, voxel_ml)
+    qc["flags"] = _check_plausible(qc, options, what, image)
 
     save_array(mask, nifti.affine, out_mask, dtype=np.uint8)
     outputs = {"mask": str(out_mask)}
