@@ -19,15 +19,16 @@ def _sheet(path: Path, *rows: str, header: str = HEADER) -> Path:
 
 def _row(subject: str = "A001", center: str = "A", swi: str = "01_SWI", thrombus: str = "1") -> str:
     values = {c: "" for c in COLUMNS}
-    values.update(subject=subject, center=center, dicom_dir="dicom/A001", swi=swi, dwi="02_DWI", thrombus=thrombus)
+    values.update(subject=subject, center=center, dicom_dir=f"dicom/{subject}", swi=swi, dwi="02_DWI", thrombus=thrombus)
     return "\t".join(values[c] for c in COLUMNS)
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     _sheet(tmp_path / "samples.tsv", _row(), _row("B001", "B"))
-    for series in ("01_SWI", "02_DWI"):
-        (tmp_path / "dicom" / "A001" / series).mkdir(parents=True)
+    for subject in ("A001", "B001"):
+        for series in ("01_SWI", "02_DWI"):
+            (tmp_path / "dicom" / subject / series).mkdir(parents=True)
     return tmp_path
 
 
@@ -78,6 +79,8 @@ def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, ex
         ((_row(), _row()), "A001 in rows 2, 3 (centers A, A)"),
         ((_row(swi=""),), "line 2 (subject A001, center A): none of the reference sequences swi, t2star"),
         ((_row(center="all"),), "line 2 (subject A001, center all): the center name 'all' is reserved"),
+        ((_row(), _row("A002").replace("dicom/A002", "dicom/A001")),
+         "subjects A001 (line 2) and A002 (line 3) point at the same scans"),
     ],
 )
 @pytest.mark.bad_input

@@ -7,6 +7,7 @@ the CLI and the tests without Snakemake.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,26 @@ def _absolute(value: str, base: Path) -> str:
 RESERVED_CENTERS: frozenset[str] = frozenset({"all"})
 
 
+def _refuse_shared_scans(sheet: pd.DataFrame, source: str) -> None:
+    """Two labelled pseudonyms pointing at the same scans (one DICOM folder, the same series cells): the
+    same patient twice, which would put one subject in training and its copy in the test set. A row
+    without a label (new data to predict) may repeat a labelled one: it is never trained or scored on."""
+    resolved = [os.path.realpath(d) if d else "" for d in sheet["dicom_dir"]]
+    keys = [(folder, *(row[s] for s in SEQUENCES)) for folder, (_, row) in zip(resolved, sheet.iterrows())]
+    first: dict[tuple[str, ...], int] = {}
+    for position, key in enumerate(keys):
+        if not key[0] or sheet.iloc[position]["thrombus"] not in ("0", "1"):
+            continue
+        if key in first:
+            a, b = sheet.iloc[first[key]], sheet.iloc[position]
+            raise SampleSheetError(
+                f"{source}: subjects {a['subject']} (line {first[key] + 2}) and {b['subject']} (line {position + 2}) "
+                f"point at the same scans ({b['dicom_dir']}, the same series): one patient under two pseudonyms "
+                "would leak between training and test; keep one row"
+            )
+        first[key] = position
+
+
 def check_sheet(sheet: pd.DataFrame, config: Mapping[str, Any], source: str = "sample sheet") -> pd.DataFrame:
     """Checks across rows and against the config; returns the sheet indexed by subject.
 
@@ -77,6 +98,7 @@ def check_sheet(sheet: pd.DataFrame, config: Mapping[str, Any], source: str = "s
             for subject, rows in duplicated.groupby("subject")
         )
         raise SampleSheetError(f"{source}: subject IDs must be unique across the sheet: {listing}")
+    _refuse_shared_scans(sheet, source)
     wanted = list(config.get("sequences", SEQUENCES))
     for index, row in sheet.iterrows():
         line = f"{source}, line {int(index) + 2} (subject {row['subject']}, center {row['center']})"
