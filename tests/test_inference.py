@@ -32,6 +32,7 @@ from thrombus.inference.postprocess import (
 from thrombus.inference.predict import (
     InferenceError,
     PredictRequest,
+    channel_names,
     load_model,
     predict_probability,
     predict_subject,
@@ -494,3 +495,11 @@ def test_a_count_below_one_is_a_usage_error_not_a_traceback(argv: list[str], cap
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(argv)
     assert exit_info.value.code == 2 and "expected a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_sequences_may_be_named_as_the_user_knows_them() -> None:
+    """`--sequences swi dwi` means the channels they fill: susceptibility and dwi."""
+    sources = {"susceptibility": ["swi", "t2star"], "dwi": ["dwi"], "adc": ["adc"], "flair": ["flair"]}
+    assert channel_names(["swi", "dwi"], sources) == ["susceptibility", "dwi"]
+    assert channel_names(["t2star", "susceptibility", "adc"], sources) == ["susceptibility", "adc"]
+    assert channel_names(["t2"], sources) == ["t2"] and channel_names(None, sources) is None

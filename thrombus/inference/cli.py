@@ -59,8 +59,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="postprocessing.json written by `thrombus calibrate` beside best.pt (default: threshold 0.5, no size filter)")
     predict.add_argument("--harmonise", default=None,
                          help="JSON of the config's harmonise section; the checkpoint must have been trained with the same")
-    predict.add_argument("--sequences", nargs="*", default=None, metavar="CHANNEL",
-                         help="channels to keep (e.g. susceptibility dwi); the others are treated as missing. Default: all")
+    predict.add_argument("--sequences", nargs="*", default=None, metavar="NAME",
+                         help="sequences or channels to keep (e.g. swi dwi, or susceptibility dwi); the others are "
+                              "treated as missing. Default: all")
     predict.add_argument("--out-probability", required=True, help="probability map (NIfTI float32, on the stack's grid)")
     predict.add_argument("--out-mask", required=True, help="thrombus mask (NIfTI uint8, on the stack's grid)")
     predict.add_argument("--record", required=True, help="JSON record of the prediction")

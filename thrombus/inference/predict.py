@@ -118,6 +118,18 @@ def predict_probability(
     return probability
 
 
+def channel_names(keep: Sequence[str] | None, sources: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """`--sequences` in the names a user knows: a sequence (swi, t2star) stands for the channel it fills.
+
+    `sources` is the card's harmonise `channels` ({channel: [sequences]}); channel names pass as they are.
+    """
+    if keep is None:
+        return None
+    by_sequence = {sequence: channel for channel, sequences in sources.items() for sequence in sequences}
+    names = [name if name in sources else by_sequence.get(name, name) for name in keep]
+    return list(dict.fromkeys(names))
+
+
 def select_channels(availability: np.ndarray, channels: Sequence[str], keep: Sequence[str] | None) -> np.ndarray:
     """The availability after `--sequences`: channels not kept are flagged 0 (zero them with `zero_missing`).
 
@@ -129,7 +141,8 @@ def select_channels(availability: np.ndarray, channels: Sequence[str], keep: Seq
         return result
     unknown = [name for name in keep if name not in channels]
     if unknown:
-        raise InferenceError(f"--sequences names {unknown}, which are not channels of the model; its channels are {list(channels)}")
+        raise InferenceError(f"--sequences names {unknown}, which are neither channels of the model nor sequences that fill "
+                             f"them; its channels are {list(channels)}")
     absent = [name for name in keep if result[list(channels).index(name)] == 0]
     if absent:
         log.warning("--sequences keeps %s, which this subject does not have: they stay missing", absent)
@@ -290,7 +303,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     if order != list(range(len(channels))):
         log.info("%s: stack channels %s reordered to the model's %s", request.what, stack_channels, channels)
     data, availability = data[..., order], availability[order]
-    selected = select_channels(availability, channels, request.keep)
+    selected = select_channels(availability, channels, channel_names(request.keep, loaded.card.get("harmonise", {}).get("channels", {})))
     data = zero_missing(data, selected)
     slab_depth = int(loaded.card["data"]["slab_depth"])
     stride = int(loaded.card["data"].get("predict_stride", 1))  # cards from before the option: stride 1
