@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from thrombus.inference.calibrate import calibrate, card_prediction
+from thrombus.inference.calibrate import calibrate
 from thrombus.inference.cli import add_predict_parser
 from thrombus.inference.postprocess import (
     CRITERION,
@@ -42,7 +42,7 @@ from thrombus.inference.predict import (
 from thrombus.io import sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
 from thrombus.nifti import VolumeError
-from thrombus.training.card import CheckpointError, load_checkpoint, make_card, save_checkpoint
+from thrombus.training.card import CheckpointError, card_prediction, load_checkpoint, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, CaseSource, load_case
 from thrombus.model.sliding import predict_case, slab_centres, tile_starts
 from thrombus.training.options import GMDSettings, TrainOptions

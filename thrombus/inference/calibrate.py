@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thrombus.inference.fold import add_fold_model_arguments
 from thrombus.options import positive_int
 
 if TYPE_CHECKING:  # scipy behind postprocess stays out of `thrombus --help`
@@ -76,36 +77,27 @@ class CalibrationRequest:
     progress: bool = True
 
 
-def card_prediction(card: dict[str, Any]) -> tuple[int, int, tuple[int, int] | None]:
-    """Slab depth, stride and in-plane tile of the card's whole-volume predictions (older cards: stride 1, whole slices)."""
-    data = card["data"]
-    tile = data.get("predict_tile")
-    return int(data["slab_depth"]), int(data.get("predict_stride", 1)), (int(tile[0]), int(tile[1])) if tile else None
-
-
 def calibrate_fold(request: CalibrationRequest) -> Postprocessing:
     """Choose the fold's postprocessing with its checkpoint on its validation subjects and write it to `request.out`."""
     from thrombus.device import resolve_device, torch_threads
     from thrombus.io import write_json
-    from thrombus.model import ModelConfig, build_model
     from thrombus.samples import read_sheet, subjects
-    from thrombus.training.card import load_checkpoint
+    from thrombus.training.card import card_prediction, model_from_checkpoint
     from thrombus.training.data import case_sources, load_cases
     from thrombus.training.splits import fold_of, labelled_subjects, read_splits
 
-    payload = load_checkpoint(request.checkpoint, {})
-    card = payload["card"]
+    loaded = model_from_checkpoint(request.checkpoint, {})
+    card = loaded.card
     by_id = {s.subject: s for s in subjects(read_sheet(request.sheet), {})}
     fold = fold_of(read_splits(request.splits, labelled_subjects(by_id.values())), request.fold, request.splits)
-    model = build_model(ModelConfig.from_mapping(card["model"]))
-    model.load_state_dict(payload["model"])
+    model = loaded.network
     slab_depth, stride, tile = card_prediction(card)
     with torch_threads(request.threads):
         device = resolve_device(request.device, "--device")
         cases = load_cases(case_sources([by_id[s] for s in fold["val"]], request.stacks_root), list(card["channels"]))
         post = calibrate(model.to(device), cases, slab_depth, request.batch_size, device, stride=stride, tile=tile,
                          progress=request.progress)
-    post = dataclasses.replace(post, weights_sha256=payload["weights_sha256"])
+    post = dataclasses.replace(post, weights_sha256=loaded.weights_sha256)
     write_json(request.out, post.to_dict())
     return post
 
@@ -113,11 +105,7 @@ def calibrate_fold(request: CalibrationRequest) -> Postprocessing:
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `thrombus calibrate` (the `calibrate` rule's command)."""
     parser = subparsers.add_parser("calibrate", help="choose a fold's threshold and smallest component on its validation subjects")
-    parser.add_argument("--sheet", required=True, help="sample sheet (TSV)")
-    parser.add_argument("--stacks-root", required=True, help="the workflow's working directory (holds results/harmonise/...)")
-    parser.add_argument("--splits", required=True, help="split file of the experiment")
-    parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--checkpoint", required=True, help="best.pt of the fold")
+    add_fold_model_arguments(parser)
     parser.add_argument("--out", required=True, help="postprocessing.json to write (beside best.pt)")
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--batch-size", type=positive_int, default=4, help="slabs per forward pass (does not change the result)")

@@ -151,14 +151,20 @@ def _is_model_error(error: BaseException) -> bool:
     return isinstance(error, CheckpointError)
 
 
-def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `thrombus predict-fold` (the `infer` rule's command)."""
-    parser = subparsers.add_parser("predict-fold", help="predict a fold's test subjects with every sequence subset")
+def add_fold_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments naming a fold and its model: the sheet, stacks, split file, fold and checkpoint
+    (`predict-fold` and `calibrate`)."""
     parser.add_argument("--sheet", required=True, help="sample sheet (TSV)")
     parser.add_argument("--stacks-root", required=True, help="the workflow's working directory (holds results/harmonise/...)")
     parser.add_argument("--splits", required=True, help="split file of the experiment")
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument("--checkpoint", required=True, help="best.pt of the fold")
+
+
+def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `thrombus predict-fold` (the `infer` rule's command)."""
+    parser = subparsers.add_parser("predict-fold", help="predict a fold's test subjects with every sequence subset")
+    add_fold_model_arguments(parser)
     parser.add_argument("--postprocessing", default=None, help="postprocessing.json written by `thrombus calibrate`")
     parser.add_argument("--harmonise", default=None, help="JSON of the config's harmonise section (checked against the model card)")
     parser.add_argument("--subsets", default='{"all": []}', help='JSON {subset: [channels removed]}')

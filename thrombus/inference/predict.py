@@ -29,7 +29,15 @@ from thrombus.inference.postprocess import Postprocessing, apply_postprocessing,
 from thrombus.io import read_json, sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
 from thrombus.nifti import VolumeError, load_volume, save_array
-from thrombus.training.card import HARMONISE_KEYS, CheckpointError, LoadedModel, card_differences, load_checkpoint, plain
+from thrombus.training.card import (
+    HARMONISE_KEYS,
+    CheckpointError,
+    LoadedModel,
+    card_differences,
+    card_prediction,
+    load_checkpoint,
+    plain,
+)
 from thrombus.training.data import Case, _brain_box
 from thrombus.device import resolve_device
 from thrombus.model.sliding import predict_case
@@ -305,10 +313,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     data, availability = data[..., order], availability[order]
     selected = select_channels(availability, channels, channel_names(request.keep, loaded.card.get("harmonise", {}).get("channels", {})))
     data = zero_missing(data, selected)
-    slab_depth = int(loaded.card["data"]["slab_depth"])
-    stride = int(loaded.card["data"].get("predict_stride", 1))  # cards from before the option: stride 1
-    tile = loaded.card["data"].get("predict_tile")  # cards from before the option: whole slices
-    tile = (int(tile[0]), int(tile[1])) if tile else None
+    slab_depth, stride, tile = card_prediction(loaded.card)
     probability = predict_probability(
         loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride,
         tile,

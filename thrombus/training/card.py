@@ -179,3 +179,10 @@ def model_from_checkpoint(path: PathLike, expected: Mapping[str, Any]) -> Loaded
     network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
     network.load_state_dict(payload["model"])
     return LoadedModel(network.eval(), payload["card"], payload.get("weights_sha256"))
+
+
+def card_prediction(card: Mapping[str, Any]) -> tuple[int, int, tuple[int, int] | None]:
+    """Slab depth, stride and in-plane tile of the card's whole-volume predictions (older cards: stride 1, whole slices)."""
+    data = card["data"]
+    tile = data.get("predict_tile")
+    return int(data["slab_depth"]), int(data.get("predict_stride", 1)), (int(tile[0]), int(tile[1])) if tile else None
