@@ -71,6 +71,49 @@ def test_tcga_to_t1c_across_grids(realdata: Path, tmp_path: Path, sequence: str)
     assert overlap >= 0.9, overlap
 
 
+def _shifted(image: Path, target: Path, mm: float) -> Path:
+    """The same scan with its header moved `mm` along x: a series whose scanner position is far off."""
+    img = nib.load(image)
+    affine = img.affine.copy()
+    affine[0, 3] += mm
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine, img.header), target)
+    return target
+
+
+@pytest.mark.realdata
+@pytest.mark.bad_input
+def test_heads_far_apart_start_from_their_centres(realdata: Path, tmp_path: Path) -> None:
+    """TCGA T2 moved 32 mm off T1c: the identity start stayed in a local optimum (MI 0.056 -> 0.057,
+    "usable", no flag); the centre start reaches the MI of the unmoved pair (~0.25) and the large
+    translation is flagged for a reviewer."""
+    moving = _shifted(realdata / f"{TCGA}T2.nii.gz", tmp_path / "t2_shifted.nii.gz", 32.0)
+    args = (realdata / f"{TCGA}T1c.nii.gz", moving, tmp_path / "out.nii.gz", tmp_path / "out.mat")
+    mask = realdata / f"{TCGA}T1c_hdbet_brainmask_from_brainles_tests.nii.gz"
+    record = register_file(*args, RegistrationOptions(threads=2, seed=5), "FG6692", "TCGA", "t2", fixed_mask=mask)
+    qc = record["qc"]
+    assert qc["start"] == "centres" and qc["centre_gap_mm"] > 30
+    assert qc["mi_after"] > 0.18 > qc["mi_before"] and qc["usable"]
+    assert qc["flags"] == [f"translation {qc['translation_mm']:.1f} mm above 20.0 mm"]
+
+    stuck = RegistrationOptions(threads=2, seed=5, centre_start_mm=1000.0)  # the identity start alone, as before
+    record = register_file(*args, stuck, "FG6692", "TCGA", "t2", fixed_mask=mask)
+    assert record["qc"]["mi_after"] < 0.1 and not record["qc"]["usable"]
+    assert any("still" in flag and "apart after registration" in flag for flag in record["qc"]["flags"])
+
+
+def test_failure_flags_need_a_far_start_or_a_poor_mask_overlap() -> None:
+    """An aligned pair that started aligned moves MI little and is fine; far apart it is not."""
+    from thrombus.preprocess.register import Registration, failure_flags
+
+    options = RegistrationOptions()
+    near = Registration(Path("t.mat"), None, 0.229, 0.244, 0.9, 0.5, [], centre_gap_mm=0.9)  # ISLES FLAIR to DWI
+    assert failure_flags(near, options) == []
+    far = Registration(Path("t.mat"), None, 0.0558, 0.0571, 12.6, 17.8, [], centre_gap_mm=35.1)
+    assert "barely moved" in failure_flags(far, options)[0]
+    near.mask_dice = 0.6
+    assert failure_flags(near, options) == ["brain masks overlap with Dice 0.60 after registration (< 0.8)"]
+
+
 @pytest.mark.realdata
 def test_deterministic_mode_is_bit_identical_across_processes(realdata: Path, tmp_path: Path) -> None:
     script = (

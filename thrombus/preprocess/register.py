@@ -4,6 +4,13 @@ Same-session scans already share scanner coordinates, so registration starts fro
 from the centres of mass, which move when two sequences cover different parts of the head) and only
 has to remove head motion between series: Rigid, with Mattes mutual information restricted to the
 brain. Affine is an option for EPI sequences (DWI/ADC) whose distortion a rigid model cannot follow.
+
+When the two heads' centres lie further apart than a head moves in one session (a series from another
+session, or a header that lost its table position), an identity start lands in a local optimum that
+still raises the metric a little: two real heads 32 mm apart ended "usable" with MI 0.056 -> 0.057.
+Such pairs also get a start from the centres of mass, the better of the two is kept by MI, and a result
+whose metric barely moved although the heads were far apart, whose heads' centres are still far apart
+after it, or whose brain masks (where both are known) overlap poorly, is flagged and marked unusable.
 """
 
 from __future__ import annotations
@@ -60,6 +67,20 @@ class RegistrationOptions:
     #: Rotations (degrees) and translations (mm) beyond these are flagged in QC: heads move less in one session.
     max_rotation_deg: float = 15.0
     max_translation_mm: float = 20.0
+    #: Heads whose centres (of their intensity masks) are further apart than this also get a start from the
+    #: centres of mass. Sequences of one synthetic session lie <= 10 mm apart by this measure, since a
+    #: thick-slice or partial-coverage series shifts its centre; the real 32 mm case lies at 34 mm.
+    centre_start_mm: float = 15.0
+    #: Centres further apart than this after registration flag it as failed: aligned pairs of the synthetic
+    #: cohort end <= 12.3 mm apart (coverage differs between series), real ones 0.8-8.7 mm; the 32 mm pair
+    #: left at its identity start ends 30 mm apart. Such a sequence is dropped (the model has GMD for that).
+    max_centre_gap_after_mm: float = 20.0
+    #: Relative MI gain below which a far-apart pair is flagged: it stayed near its start. Aligned real
+    #: pairs that started far apart gain 10x (TCGA T2 to T1c: 0.025 -> 0.246).
+    min_mi_gain: float = 0.1
+    #: Brain-mask Dice below which a registration with both masks known is flagged (aligned real pairs:
+    #: >= 0.9 in tests/test_register.py).
+    min_mask_dice: float = 0.8
 
 
 #: antspyx subpackages that `import ants` executes and the workflow never calls: plotting (matplotlib),
@@ -107,6 +128,10 @@ class Registration:
     translation_mm: float
     matrix: list[list[float]]
     attempts: int = 1
+    start: str = "identity"
+    centre_gap_mm: float = 0.0
+    centre_gap_after_mm: float = 0.0
+    mask_dice: float | None = None
 
 
 def _mutual_information(ants: ModuleType, fixed: Any, moving_on_fixed: Any, mask: Any | None) -> float:
@@ -157,6 +182,20 @@ def overlap_fraction(ants: ModuleType, fixed_mask: Any, moving: Any) -> float:
     return float(np.count_nonzero(on_fixed.numpy()[brain] > 0) / np.count_nonzero(brain))
 
 
+def centre_gap(ants: ModuleType, fixed: Any, moving: Any) -> float:
+    """Distance (mm, scanner space) between the centres of the two images' intensity masks."""
+    centres = [np.asarray(ants.get_center_of_mass(ants.get_mask(image)), dtype=float) for image in (fixed, moving)]
+    return float(np.linalg.norm(centres[0] - centres[1]))
+
+
+def mask_dice(ants: ModuleType, fixed_mask: Any, moving_mask: Any, transform: PathLike) -> float:
+    """Dice of the fixed brain mask and the moving one carried through `transform`."""
+    carried = apply(ants, fixed_mask, moving_mask, transform, label=True).numpy() > 0
+    reference = fixed_mask.numpy() > 0
+    total = np.count_nonzero(carried) + np.count_nonzero(reference)
+    return float(2 * np.count_nonzero(carried & reference) / total) if total else 0.0
+
+
 def _motion(ants: ModuleType, transform: Path) -> tuple[float, float, list[list[float]]]:
     """Rotation angle (degrees) and translation (mm) of an ANTs affine file, for QC."""
     tx = ants.read_transform(str(transform))
@@ -199,41 +238,64 @@ def register(
         (options.fallback_iterations, options.fallback_shrink_factors, options.fallback_smoothing_sigmas),
     ]
     metric_fixed, metric_mask = metric_grid(ants, fixed, fixed_mask, options.metric_spacing_mm)
+    gap = centre_gap(ants, fixed, moving)
+    starts = ["identity", "centres"] if gap > options.centre_start_mm else ["identity"]
     best: Registration | None = None
+    attempt = 0
     with tempfile.TemporaryDirectory(prefix="thrombus-ants-") as work:
-        for attempt, schedule in enumerate(schedules):
-            initial = "Identity"
-            for stage, (grid, grid_mask, levels) in enumerate(stages(fixed, fixed_mask, metric_fixed, metric_mask, schedule)):
-                iterations, shrink, smoothing = (tuple(values) for values in zip(*levels))
-                result = ants.registration(
-                    fixed=grid, moving=moving, type_of_transform=options.transform, initial_transform=initial,
-                    mask=grid_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
-                    aff_random_sampling_rate=options.sampling_rate, aff_iterations=iterations,
-                    aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing,
-                    outprefix=str(Path(work) / f"attempt{attempt}_stage{stage}_"), verbose=False,
+        for schedule in schedules:
+            for start in starts:
+                attempt += 1
+                transform = _run_schedule(
+                    ants, fixed, moving, options, fixed_mask, moving_mask, (metric_fixed, metric_mask), schedule,
+                    start, Path(work) / f"attempt{attempt}_",
                 )
-                initial = result["fwdtransforms"][0]
-            transform = Path(result["fwdtransforms"][0])
-            angle, shift, matrix = _motion(ants, transform)
-            warped = apply(ants, fixed, moving, transform)
-            mi_after = _mutual_information(ants, fixed, warped, reference_mask)
-            candidate = Registration(transform, warped, mi_before, mi_after, angle, shift, matrix, attempt + 1)
-            if best is None or candidate.mi_after > best.mi_after:
-                best = candidate
+                angle, shift, matrix = _motion(ants, transform)
+                warped = apply(ants, fixed, moving, transform)
+                mi_after = _mutual_information(ants, fixed, warped, reference_mask)
+                candidate = Registration(transform, warped, mi_before, mi_after, angle, shift, matrix, attempt, start, gap)
+                if best is None or candidate.mi_after > best.mi_after:
+                    best = candidate
+            best.attempts = attempt
             if not _looks_failed(best, options):
                 break
+        best.centre_gap_after_mm = centre_gap(ants, fixed, best.warped)
+        if fixed_mask is not None and moving_mask is not None:
+            best.mask_dice = mask_dice(ants, fixed_mask, moving_mask, best.transform)
         if transform_out is None:
             transform_out = Path(tempfile.mkdtemp(prefix="thrombus-tx-")) / "forward.mat"
         best.transform = save_transform(best.transform, transform_out)
     return best
 
 
+def _run_schedule(
+    ants: ModuleType, fixed: Any, moving: Any, options: RegistrationOptions, fixed_mask: Any | None,
+    moving_mask: Any | None, metric: tuple[Any, Any | None],
+    schedule: tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]], start: str, prefix: Path,
+) -> Path:
+    """One ANTs attempt from `start` ("identity", or "centres": ANTs' centre-of-mass initialiser)."""
+    initial: str | None = "Identity" if start == "identity" else None  # None: antspyx passes [fixed,moving,1]
+    for stage, (grid, grid_mask, levels) in enumerate(stages(fixed, fixed_mask, metric[0], metric[1], schedule)):
+        iterations, shrink, smoothing = (tuple(values) for values in zip(*levels))
+        result = ants.registration(
+            fixed=grid, moving=moving, type_of_transform=options.transform, initial_transform=initial,
+            mask=grid_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
+            aff_random_sampling_rate=options.sampling_rate, aff_iterations=iterations,
+            aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing,
+            outprefix=f"{prefix}stage{stage}_", verbose=False,
+        )
+        initial = result["fwdtransforms"][0]
+    return Path(initial)
+
+
 def _looks_failed(result: Registration, options: RegistrationOptions) -> bool:
-    """Worth another attempt: MI no better than before, or a motion no head makes within one session."""
+    """Worth another attempt: MI no better than before, or a motion no head makes within one session
+    (beyond the centres' gap when the result started from the centres: that part was expected)."""
+    allowance = result.centre_gap_mm if result.start == "centres" else 0.0
     return (
         result.mi_after <= result.mi_before
         or result.rotation_deg > options.max_rotation_deg
-        or result.translation_mm > options.max_translation_mm
+        or result.translation_mm > options.max_translation_mm + allowance
     )
 
 
@@ -268,6 +330,7 @@ def qc_values(result: Registration, options: RegistrationOptions) -> dict[str, A
         flags.append(f"rotation {result.rotation_deg:.1f} deg above {options.max_rotation_deg} deg")
     if result.translation_mm > options.max_translation_mm:
         flags.append(f"translation {result.translation_mm:.1f} mm above {options.max_translation_mm} mm")
+    failures = failure_flags(result, options)
     return {
         "mi_before": round(result.mi_before, 5),
         "mi_after": round(result.mi_after, 5),
@@ -275,9 +338,33 @@ def qc_values(result: Registration, options: RegistrationOptions) -> dict[str, A
         "translation_mm": round(result.translation_mm, 3),
         "matrix": result.matrix,
         "attempts": result.attempts,
-        "flags": flags,
+        "start": result.start,
+        "centre_gap_mm": round(result.centre_gap_mm, 2),
+        "centre_gap_after_mm": round(result.centre_gap_after_mm, 2),
+        "mask_dice": None if result.mask_dice is None else round(result.mask_dice, 4),
+        "flags": flags + failures,
+        "usable": result.mi_after >= result.mi_before and not failures,
         "options": asdict(options),
     }
+
+
+def failure_flags(result: Registration, options: RegistrationOptions) -> list[str]:
+    """Signs of a registration that did not reach the right optimum although its metric rose a little."""
+    flags = []
+    far = result.centre_gap_mm > options.centre_start_mm
+    if far and result.mi_after < result.mi_before * (1.0 + options.min_mi_gain):
+        flags.append(
+            f"the heads' centres were {result.centre_gap_mm:.0f} mm apart but mutual information barely moved "
+            f"({result.mi_before:.4f} -> {result.mi_after:.4f}): registration likely stayed near its start"
+        )
+    if result.centre_gap_after_mm > options.max_centre_gap_after_mm:
+        flags.append(
+            f"the heads' centres are still {result.centre_gap_after_mm:.0f} mm apart after registration "
+            f"({result.centre_gap_mm:.0f} mm before)"
+        )
+    if result.mask_dice is not None and result.mask_dice < options.min_mask_dice:
+        flags.append(f"brain masks overlap with Dice {result.mask_dice:.2f} after registration (< {options.min_mask_dice})")
+    return flags
 
 
 def _read(ants: ModuleType, path: PathLike, what: str) -> Any:
@@ -339,7 +426,6 @@ def register_file(
         result = register(ants, fixed, image, options, what=what, transform_out=out_transform, **masks)
         warped = result.warped
         record.qc = qc_values(result, options)
-        record.qc["usable"] = result.mi_after >= result.mi_before
         for flag in record.qc["flags"]:
             log.warning("%s: %s", what, flag)
     save_image(ants, warped, out_image)
