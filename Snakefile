@@ -36,6 +36,7 @@ include: "workflow/rules/infer.smk"
 localrules:
     all,
     convert_all,
+    duplicate_scans,
     preprocess,
     qc_center,
     splits,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,13 +66,21 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def with_unlabelled_subject(sheet: Path, target: Path) -> Path:
-    """The sheet plus N001, a copy of center A's first subject without a label: new data to predict."""
+    """The sheet plus N001, a copy of center A's first subject without a label: new data to predict.
+
+    Its DICOM folder is named after the patient and their ID, as many exports name it, so that the
+    privacy test sees whether a source path reaches a record or a log.
+    """
     import pandas as pd
 
     from thrombus.samples import read_sheet
 
     rows = read_sheet(sheet)
     new = rows[rows["center"] == "A"].iloc[0].copy()
+    person = next(p for p in json.loads((sheet.parent / "identifiers.json").read_text())["subjects"] if p["subject"] == new["subject"])
+    named = target.parent / "incoming" / f"{person['PatientName']}_{person['PatientID']}"
+    shutil.copytree(new["dicom_dir"], named)
+    new["dicom_dir"] = str(named)
     new["subject"], new["thrombus"], new["thrombus_mask"], new["infarct_mask"] = "N001", "", "", ""
     pd.concat([rows, new.to_frame().T], ignore_index=True).to_csv(target, sep="\t", index=False)
     return target

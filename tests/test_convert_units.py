@@ -55,3 +55,32 @@ def test_sidecar_loses_identifying_fields_and_values() -> None:
 def test_short_identifiers_do_not_wipe_ordinary_words() -> None:
     assert scrub_sidecar({"ProtocolName": "t1 mprage"}, {"t1"}) == {"ProtocolName": "t1 mprage"}
     assert scrub_text("Convert 20 DICOM of SYNTH^JANE", {"SYNTH^JANE"}) == f"Convert 20 DICOM of {REMOVED}"
+
+
+def test_duplicate_scans_are_grouped_across_subjects_only(tmp_path: Path) -> None:
+    """A series under two pseudonyms is one row with its evidence; a derived ADC sharing its own DWI's
+    series UID is not a duplicate; a scan of one subject alone gives an empty table with its header."""
+    import json
+
+    from thrombus.convert.duplicates import find_duplicates, write_duplicates
+
+    def sidecar(subject: str, center: str, sequence: str, uid: str, voxels: str) -> None:
+        folder = tmp_path / center / subject
+        folder.mkdir(parents=True, exist_ok=True)
+        block = {"subject": subject, "center": center, "sequence": sequence, "series_uid_sha256": uid, "voxels_sha256": voxels}
+        (folder / f"{sequence}.json").write_text(json.dumps({"ThrombusConversion": block}))
+
+    sidecar("A001", "A", "dwi", "u1", "v1")
+    sidecar("A001", "A", "adc", "u1", "v2")   # derived from its own DWI: same UID, other voxels
+    sidecar("B007", "B", "dwi", "u9", "v1")   # re-exported copy of A001's DWI: new UID, same voxels
+    sidecar("B007", "B", "swi", "u3", "v3")
+    sidecar("N001", "A", "swi", "u3", "v3")   # the same SWI under a third pseudonym
+    folders = [tmp_path / "A" / "A001", tmp_path / "B" / "B007", tmp_path / "A" / "N001"]
+    table = find_duplicates(folders, labelled=["A001", "B007"])
+    assert table.to_dict("records") == [
+        {"subjects": "A001, B007", "centers": "A, B", "sequences": "dwi", "evidence": "identical voxels", "labelled": 2},
+        {"subjects": "B007, N001", "centers": "A, B", "sequences": "swi",
+         "evidence": "identical voxels; the same DICOM series (SeriesInstanceUID)", "labelled": 1},
+    ]
+    empty = write_duplicates(find_duplicates(folders[:1]), tmp_path / "none.tsv")
+    assert empty.read_text() == "subjects\tcenters\tsequences\tevidence\tlabelled\n"

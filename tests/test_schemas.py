@@ -81,6 +81,7 @@ def test_broken_config_is_refused_naming_the_key(workdir: Path, config: dict, ex
         ((_row(center="all"),), "line 2 (subject A001, center all): the center name 'all' is reserved"),
         ((_row(), _row("A002").replace("dicom/A002", "dicom/A001")),
          "subjects A001 (line 2) and A002 (line 3) point at the same scans"),
+        ((_row(), _row("A009")), "center A, subject A009, swi: DICOM folder"),
     ],
 )
 @pytest.mark.bad_input

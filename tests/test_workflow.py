@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import pandas as pd
 import numpy as np
 import pytest
 
@@ -90,6 +91,18 @@ def test_no_identifier_reaches_any_output(tiny_cohort: Path, tiny_run: Path) -> 
             data = gzip.decompress(data)[:4096]  # the NIfTI header and extensions
         leaked = [n.decode() for n in needles if n in data]
         assert not leaked, f"{path} contains {leaked}"
+
+
+@pytest.mark.bad_input
+def test_one_scan_under_two_pseudonyms_is_listed(tiny_run: Path) -> None:
+    """N001 is A's first subject copied to a folder of its own (the sheet check cannot see it): the
+    conversion's fingerprints find it, and source links keep both folders out of the job's command."""
+    table = pd.read_csv(tiny_run / "results" / "qc" / "duplicate_scans.tsv", sep="\t", dtype=str)
+    (row,) = table.itertuples()
+    assert row.subjects.split(", ")[1] == "N001" and row.centers == "A" and row.labelled == "1"
+    assert "SeriesInstanceUID" in row.evidence and "identical voxels" in row.evidence
+    links = list((tiny_run / "results" / "dicom" / "A" / "N001").iterdir())
+    assert links and all(link.is_symlink() for link in links)
 
 
 @pytest.mark.fault

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,48 @@ def series_folder(subject: Subject, sequence: str) -> str:
         return subject.dicom_dir
     path = Path(value)
     return str(path if path.is_absolute() else Path(subject.dicom_dir) / path)
+
+
+#: Where the workflow links each subject's DICOM sources: `<root>/<center>/<subject>/<sequence>`, a link to
+#: the sequence's series folder (or, for `auto`, the subject's folder). Jobs, records and Snakemake's logs
+#: then name the pseudonym's link, never the source path, which often carries the patient's name and ID;
+#: and a project moved with its links does not rerun, since no source path is a rule parameter.
+SOURCES_ROOT = "results/dicom"
+
+
+def source_link(subject: Subject, sequence: str, root: str | Path = SOURCES_ROOT) -> Path:
+    return Path(root) / subject.center / subject.subject / sequence
+
+
+def link_sources(subjects: Iterable[Subject], root: str | Path = SOURCES_ROOT, source: str = "the sample sheet") -> None:
+    """Point each subject's source links at its folders; a link already resolving there is left alone,
+    so that its time stamp (which Snakemake compares with the conversion's) changes only with the sheet."""
+    for subject in subjects:
+        for sequence in subject.sequences:
+            target = Path(series_folder(subject, sequence))
+            if not target.is_dir():
+                raise SampleSheetError(
+                    f"{source}: center {subject.center}, subject {subject.subject}, {sequence}: DICOM folder "
+                    f"{target} does not exist; check the sample sheet"
+                )
+            _point(source_link(subject, sequence, root), target)
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make `link` a symlink to `target` atomically: relative when the target lies under the working
+    folder (a moved project keeps it), absolute otherwise."""
+    if link.is_symlink() and os.path.realpath(link) == os.path.realpath(target):
+        return
+    if link.exists() and not link.is_symlink():
+        raise SampleSheetError(f"{link} exists and is not a link; the workflow keeps its DICOM links there: move it away")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    absolute = Path(os.path.abspath(target))
+    inside = absolute.is_relative_to(Path.cwd())
+    value = os.path.relpath(absolute, link.parent.absolute()) if inside else str(absolute)
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(value, temporary)
+    os.replace(temporary, link)
 
 
 def check_patterns(config: Mapping[str, Any]) -> None:

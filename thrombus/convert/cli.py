@@ -31,10 +31,15 @@ def _convert_requests(args: argparse.Namespace) -> list[ConvertRequest]:
                           f"{', '.join(SEQUENCES)} to series folders or 'auto', got {args.series!r}")
     patterns = json.loads(args.patterns) if args.patterns else {}
     return [
-        ConvertRequest(subject=args.subject, center=args.center, sequence=sequence, dicom_dir=Path(args.dicom_dir),
+        ConvertRequest(subject=args.subject, center=args.center, sequence=sequence, dicom_dir=_folder(args, sequence),
                        series=folder, patterns=patterns, derive_adc=args.derive_adc)
         for sequence, folder in series.items()
     ]
+
+
+def _folder(args: argparse.Namespace, sequence: str) -> Path:
+    """The folder a sequence's series is found from: the subject's, or the sequence's own link under --sources."""
+    return Path(args.sources) / sequence if args.sources else Path(args.dicom_dir)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -50,12 +55,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_convert_parser(commands: argparse._SubParsersAction) -> None:
-    """Register the `convert` subcommand."""
+def add_convert_parsers(commands: argparse._SubParsersAction) -> None:
+    """Register the `convert` and `duplicate-scans` subcommands."""
+    _add_convert_parser(commands)
+    add_duplicates_parser(commands)
+
+
+def _add_convert_parser(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser("convert", help="DICOM series -> NIfTI + scrubbed sidecar for every sequence of one subject")
     convert.add_argument("--subject", required=True)
     convert.add_argument("--center", required=True)
-    convert.add_argument("--dicom-dir", required=True, help="the subject's DICOM folder")
+    where = convert.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dicom-dir", help="the subject's DICOM folder")
+    where.add_argument("--sources", help="a folder with one link per sequence, to its series folder or (for 'auto') "
+                                         "the subject's folder; series folders in --series are then relative to the link "
+                                         "(the workflow's results/dicom/<center>/<subject>, which keeps source paths out of "
+                                         "records and logs)")
     convert.add_argument("--series", required=True,
                          help='JSON {sequence: series folder (absolute or relative to --dicom-dir) or "auto"}')
     convert.add_argument("--patterns", default="", help="JSON {sequence: regex} used for the 'auto' series")
@@ -65,3 +80,23 @@ def add_convert_parser(commands: argparse._SubParsersAction) -> None:
                          help="the subject's output folder: <sequence>.nii.gz and <sequence>.json (identifiers scrubbed)")
     convert.add_argument("--record", default=None, help="JSON step record (checksums, versions, QC)")
     convert.set_defaults(func=_cmd_convert)
+
+
+def _cmd_duplicate_scans(args: argparse.Namespace) -> int:
+    from thrombus.convert.duplicates import find_duplicates, write_duplicates
+
+    table = find_duplicates(args.converted, args.labelled)
+    write_duplicates(table, args.out)
+    log.info("%d group(s) of subjects share a scan among %d conversion folder(s)", len(table), len(args.converted))
+    return 0
+
+
+def add_duplicates_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `duplicate-scans` subcommand."""
+    duplicates = commands.add_parser(
+        "duplicate-scans", help="subjects whose converted series share a series UID or voxels (one scan, two pseudonyms)"
+    )
+    duplicates.add_argument("--converted", nargs="+", required=True, help="the subjects' conversion folders")
+    duplicates.add_argument("--labelled", nargs="*", default=[], help="subjects with a thrombus label (0 or 1)")
+    duplicates.add_argument("--out", required=True, help="TSV: subjects, centers, sequences, evidence, labelled")
+    duplicates.set_defaults(func=_cmd_duplicate_scans)

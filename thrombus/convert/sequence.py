@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from collections.abc import Mapping
@@ -141,6 +142,14 @@ def _geometry(image: nib.Nifti1Image) -> dict[str, Any]:
     }
 
 
+def fingerprints(series_uid: str, data: np.ndarray) -> dict[str, str]:
+    """What finds one scan under two pseudonyms (`thrombus duplicate-scans`): its series UID and its
+    voxels, both hashed, since a UID in the clear links back to the source archive."""
+    voxels = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
+    voxels.update(np.ascontiguousarray(data).tobytes())
+    return {"series_uid_sha256": hashlib.sha256(series_uid.encode()).hexdigest(), "voxels_sha256": voxels.hexdigest()}
+
+
 def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: PathLike, record_path: PathLike | None = None) -> dict[str, Any]:
     """Convert one sequence; writes the NIfTI, its scrubbed sidecar and the step record (all atomic)."""
     record = StepRecord("convert", subject=request.subject, center=request.center)
@@ -169,7 +178,7 @@ def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: 
         sidecar = scrub_sidecar(converted.sidecar, series.identifiers)
         sidecar["ThrombusConversion"] = {
             "subject": request.subject, "center": request.center, "sequence": request.sequence,
-            "source": converted.note, "dcm2niix": dcm2niix.version(),
+            "source": converted.note, "dcm2niix": dcm2niix.version(), **fingerprints(series.uid, data),
         }
         save_nifti(converted.image, out_nifti)
         write_json(out_sidecar, sidecar)

@@ -17,6 +17,7 @@ validate(_RAW_SHEET, schema="../schemas/samples.schema.yaml")
 SHEET = sheets.check_sheet(_RAW_SHEET, config, source=config["samples"])
 SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, config)}
 ALL_SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, {**config, "center": None})}
+sheets.link_sources(ALL_SUBJECTS.values(), source=config["samples"])
 LABELLED = exps.labelled(ALL_SUBJECTS.values())
 exps.check_tables(config, list(config["harmonise"]["channels"]))
 # No labelled subject (new data only): nothing to train or evaluate, preprocessing still runs.
@@ -55,9 +56,10 @@ def all_targets():
     """
     if config.get("center"):
         return preprocess_targets()
+    cohort = preprocess_targets() + ["results/qc/duplicate_scans.tsv"]
     if not EXPERIMENTS:
-        return preprocess_targets() + prediction_targets()
-    return preprocess_targets() + table_targets() + prediction_targets()
+        return cohort + prediction_targets()
+    return cohort + table_targets() + prediction_targets()
 
 
 def unlabelled_subjects():
@@ -275,19 +277,16 @@ def qc_center_inputs(wildcards):
 
 
 def convert_sources(wildcards):
-    """The DICOM folders a convert job reads: each series folder, or the subject's folder for `auto`."""
+    """The links a convert job reads (results/dicom/<center>/<subject>/<sequence>, made at start-up):
+    Snakemake tracks the folders behind them, and its logs name the pseudonym, not the source path."""
     s = ALL_SUBJECTS[wildcards.subject]
-    return sorted({sheets.series_folder(s, seq) for seq in s.sequences})
+    return [str(sheets.source_link(s, seq)) for seq in s.sequences]
 
 
 def convert_series(wildcards):
-    """{sequence: series folder or 'auto'} of the subject, as JSON for the command line."""
+    """{sequence: 'auto' or '.' (the link is the series folder)} of the subject, as JSON for the command line."""
     s = ALL_SUBJECTS[wildcards.subject]
-    return json.dumps({seq: s.series[seq] for seq in s.sequences})
-
-
-def convert_dicom_dir(wildcards):
-    return ALL_SUBJECTS[wildcards.subject].dicom_dir
+    return json.dumps({seq: "auto" if s.series[seq] == "auto" else "." for seq in s.sequences})
 
 
 def center_patterns(wildcards):
