@@ -12,7 +12,7 @@ import pandas as pd
 import numpy as np
 import pytest
 
-from conftest import REPO, snakemake, write_config
+from conftest import REPO, smoke_config, snakemake, write_config
 from thrombus.samples import read_sheet
 
 
@@ -103,6 +103,23 @@ def test_one_scan_under_two_pseudonyms_is_listed(tiny_run: Path) -> None:
     assert "SeriesInstanceUID" in row.evidence and "identical voxels" in row.evidence
     links = list((tiny_run / "results" / "dicom" / "A" / "N001").iterdir())
     assert links and all(link.is_symlink() for link in links)
+
+
+def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, tmp_path: Path) -> None:
+    """A sheet of unlabelled subjects and a checkpoint, with config.yaml's experiments and tables left as
+    they are: conversion, preprocessing and prediction run, nothing trains, no table is made, and the mask
+    is the one the labelled run predicted for the same subject with the same model."""
+    model = tiny_run / "results" / "models" / "loco_gmd" / "fold2" / "best.pt"
+    rows = read_sheet(tiny_run / "samples.tsv")
+    sheet = tmp_path / "samples.tsv"
+    rows[rows["subject"] == "N001"].to_csv(sheet, sep="\t", index=False)
+    config = write_config(tmp_path / "config.yaml", **smoke_config(samples=str(sheet), inference={"checkpoint": str(model)}))
+    done = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    mask = tmp_path / "results" / "predictions" / "A" / "N001" / "mask.nii.gz"
+    expected = tiny_run / "results" / "predictions" / "A" / "N001" / "mask.nii.gz"
+    np.testing.assert_array_equal(np.asarray(nib.load(mask).dataobj), np.asarray(nib.load(expected).dataobj))
+    assert not (tmp_path / "results" / "models").exists() and not (tmp_path / "results" / "tables").exists()
 
 
 @pytest.mark.fault

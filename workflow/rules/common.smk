@@ -103,7 +103,9 @@ def table_targets():
 
 
 def model_targets():
-    """best.pt of every experiment and fold the tables need."""
+    """best.pt of every experiment and fold the tables need (none when no subject is labelled: new data only)."""
+    if not EXPERIMENTS:
+        return []
     return sorted({f"results/models/{e}/fold{f}/best.pt" for e, f in exps.table_folds(config, EXPERIMENTS)})
 
 
