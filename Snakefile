@@ -37,6 +37,7 @@ localrules:
     all,
     convert_all,
     duplicate_scans,
+    measurements,
     preprocess,
     qc_center,
     splits,

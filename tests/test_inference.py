@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from thrombus.inference.calibrate import calibrate
-from thrombus.inference.cli import add_predict_parser
+from thrombus.inference.cli import add_predict_parsers
 from thrombus.inference.postprocess import (
     CRITERION,
     DEFAULT_CRITERION,
@@ -288,7 +288,7 @@ def test_stack_lacking_a_model_channel_or_harmonised_otherwise_is_refused(tmp_pa
 
 def test_predict_command(tmp_path: Path, untrained: Path, caplog: pytest.LogCaptureFixture) -> None:
     parser = argparse.ArgumentParser()
-    add_predict_parser(parser.add_subparsers(dest="command", required=True))
+    add_predict_parsers(parser.add_subparsers(dest="command", required=True))
     stack, summary = write_stack(tmp_path / "in", make_stack(6, positive=True)[0])
 
     def run(checkpoint: Path, *extra: str) -> int:

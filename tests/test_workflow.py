@@ -120,6 +120,9 @@ def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, 
     expected = tiny_run / "results" / "predictions" / "A" / "N001" / "mask.nii.gz"
     np.testing.assert_array_equal(np.asarray(nib.load(mask).dataobj), np.asarray(nib.load(expected).dataobj))
     assert not (tmp_path / "results" / "models").exists() and not (tmp_path / "results" / "tables").exists()
+    readout = json.loads((mask.parent / "measurements.json").read_text())
+    table = pd.read_csv(tmp_path / "results" / "predictions" / "A" / "measurements.tsv", sep="\t")
+    assert list(table["subject"]) == ["N001"] and bool(table["found"][0]) == (readout["thrombus"] is not None)
 
 
 @pytest.mark.fault

@@ -33,7 +33,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     from thrombus.convert.cli import add_convert_parsers
     from thrombus.evaluation.cli import add_evaluation_parsers
     from thrombus.inference.calibrate import add_calibrate_parser
-    from thrombus.inference.cli import add_predict_parser
+    from thrombus.inference.cli import add_predict_parsers
     from thrombus.inference.fold import add_predict_fold_parser
     from thrombus.ladder_cli import add_ladder_parser
     from thrombus.preprocess.cli import add_preprocess_parsers
@@ -45,7 +45,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     add_preprocess_parsers(commands)
     add_train_parser(commands)
     add_calibrate_parser(commands)
-    add_predict_parser(commands)
+    add_predict_parsers(commands)
     add_predict_fold_parser(commands)
     add_evaluation_parsers(commands)
     add_ladder_parser(commands)

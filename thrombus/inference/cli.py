@@ -1,6 +1,6 @@
 """`thrombus predict`: the command-line side of the `predict` rule.
 
-`thrombus.cli` calls `add_predict_parser(subcommands)`; torch is imported inside the command so that
+`thrombus.cli` calls `add_predict_parsers(subcommands)`; torch is imported inside the command so that
 `thrombus --help` stays fast.
 """
 
@@ -41,6 +41,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             threads=args.threads,
             device=args.device,
             batch_size=args.batch_size,
+            out_measurements=Path(args.out_measurements) if args.out_measurements else None,
         )
         predict_subject(request)
     except (CheckpointError, VolumeError, InferenceError) as error:
@@ -49,8 +50,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `predict` subcommand."""
+def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `predict` and `measurements` subcommands."""
+    _add_predict_parser(subparsers)
+    add_measurements_parser(subparsers)
+
+
+def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="thrombus probability map, mask and record of one subject")
     predict.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pt of a fold)")
     predict.add_argument("--stack", required=True, help="harmonised stack, results/harmonise/<center>/<subject>/stack.nii.gz")
@@ -65,9 +71,30 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out-probability", required=True, help="probability map (NIfTI float32, on the stack's grid)")
     predict.add_argument("--out-mask", required=True, help="thrombus mask (NIfTI uint8, on the stack's grid)")
     predict.add_argument("--record", required=True, help="JSON record of the prediction")
+    predict.add_argument("--out-measurements", default=None,
+                         help="JSON readout: each component's volume, length, width, centroid, side and probability")
     predict.add_argument("--subject", required=True)
     predict.add_argument("--center", required=True)
     predict.add_argument("--threads", type=positive_int, default=1, help="torch threads (the rule passes its own)")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--batch-size", type=positive_int, default=4, help="slabs per forward pass (memory only, not results)")
     predict.set_defaults(func=_cmd_predict)
+
+
+def _cmd_measurements(args: argparse.Namespace) -> int:
+    from thrombus.inference.measure import center_table
+    from thrombus.io import atomic_path, read_json
+
+    table = center_table([read_json(path) for path in args.inputs])
+    with atomic_path(args.out, suffix=".tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    log.info("%d subject(s), %d with a thrombus found: %s", len(table), int(table["found"].sum()), args.out)
+    return 0
+
+
+def add_measurements_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `measurements` subcommand (a center's table of predicted thrombi)."""
+    parser = subparsers.add_parser("measurements", help="one row per predicted subject: volume, length, width, side")
+    parser.add_argument("--inputs", nargs="+", required=True, help="measurements.json of each subject (thrombus predict)")
+    parser.add_argument("--out", required=True, help="TSV table")
+    parser.set_defaults(func=_cmd_measurements)

@@ -28,6 +28,7 @@ from torch import nn
 from thrombus.inference.postprocess import Postprocessing, apply_postprocessing, component_sizes
 from thrombus.io import read_json, sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
+from thrombus.inference.measure import measurements
 from thrombus.nifti import VolumeError, load_volume, save_array
 from thrombus.training.card import (
     HARMONISE_KEYS,
@@ -61,6 +62,7 @@ class PredictRequest:
         keep: channels to keep (`--sequences`); the others are treated as missing. None keeps all.
         device: auto (CUDA when present), cpu or cuda.
         batch_size: slabs per forward pass (memory, not results).
+        out_measurements: where the per-component readout goes (`measure.measurements`); None: not written.
     """
 
     checkpoint: Path
@@ -77,6 +79,7 @@ class PredictRequest:
     threads: int = 1
     device: str = "auto"
     batch_size: int = 4
+    out_measurements: Path | None = None
 
     @property
     def what(self) -> str:
@@ -275,9 +278,12 @@ def check_paths(request: PredictRequest) -> None:
     """Refuse an output that would overwrite an input or another output, before anything is written."""
     inputs = {"--checkpoint": request.checkpoint, "--stack": request.stack, "--summary": request.summary,
               "--postprocessing": request.postprocessing}
-    outputs = {"--out-probability": request.out_probability, "--out-mask": request.out_mask, "--record": request.out_record}
+    outputs = {"--out-probability": request.out_probability, "--out-mask": request.out_mask, "--record": request.out_record,
+               "--out-measurements": request.out_measurements}
     seen = {Path(path).resolve(): option for option, path in inputs.items() if path is not None}
     for option, path in outputs.items():
+        if path is None:
+            continue
         resolved = Path(path).resolve()
         if resolved in seen:
             raise InferenceError(f"{request.what}: {option} {path} is the same file as {seen[resolved]}; "
@@ -311,6 +317,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     if order != list(range(len(channels))):
         log.info("%s: stack channels %s reordered to the model's %s", request.what, stack_channels, channels)
     data, availability = data[..., order], availability[order]
+    brain = np.any(data != 0, axis=-1)
     selected = select_channels(availability, channels, channel_names(request.keep, loaded.card.get("harmonise", {}).get("channels", {})))
     data = zero_missing(data, selected)
     slab_depth, stride, tile = card_prediction(loaded.card)
@@ -325,6 +332,9 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     save_array(mask, affine, request.out_mask, np.uint8)
     sizes = component_sizes(mask)
     voxel_ml = voxel_mm3 / 1000.0
+    used = [name for name, keep in zip(channels, selected) if keep]
+    if request.out_measurements is not None:
+        write_json(request.out_measurements, measurements(request.subject, request.center, mask, probability, affine, brain, used))
     record = {
         "subject": request.subject,
         "center": request.center,
@@ -345,7 +355,8 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "predicted_voxels": int(mask.sum()),
         "predicted_volume_ml": round(int(mask.sum()) * voxel_ml, 6),
         "max_probability": round(float(probability.max()), 6),
-        "outputs": {"probability": str(request.out_probability), "mask": str(request.out_mask)},
+        "outputs": {"probability": str(request.out_probability), "mask": str(request.out_mask),
+                    "measurements": None if request.out_measurements is None else str(request.out_measurements)},
         "device": str(device),
         "threads": request.threads,
         "seconds": round(time.perf_counter() - started, 3),

@@ -71,7 +71,15 @@ def prediction_targets():
     """The masks of the unlabelled subjects, when a model for them is configured and can exist."""
     if not unlabelled_subjects() or not (config["inference"]["checkpoint"] or EXPERIMENTS):
         return []
-    return [f"results/predictions/{s.center}/{s.subject}/mask.nii.gz" for s in unlabelled_subjects()]
+    masks = [f"results/predictions/{s.center}/{s.subject}/mask.nii.gz" for s in unlabelled_subjects()]
+    centers = sorted({s.center for s in unlabelled_subjects()})
+    return masks + [f"results/predictions/{c}/measurements.tsv" for c in centers]
+
+
+def center_measurements(wildcards):
+    """measurements.json of each unlabelled subject of the center."""
+    return [f"results/predictions/{s.center}/{s.subject}/measurements.json"
+            for s in unlabelled_subjects() if s.center == wildcards.center]
 
 
 def inference_model():

@@ -126,6 +126,7 @@ rule predict:
         probability="results/predictions/{center}/{subject}/probability.nii.gz",
         mask="results/predictions/{center}/{subject}/mask.nii.gz",
         record="results/predictions/{center}/{subject}/record.json",
+        measurements="results/predictions/{center}/{subject}/measurements.json",
     log:
         "logs/predict/{center}/{subject}.log",
     benchmark:
@@ -142,4 +143,24 @@ rule predict:
         "thrombus predict --subject {wildcards.subject} --center {wildcards.center} --checkpoint {input.checkpoint:q}"
         " --postprocessing {input.postprocessing:q} --stack {input.stack:q} --summary {input.summary:q}"
         " --harmonise {params.harmonise:q} --out-probability {output.probability:q} --out-mask {output.mask:q}"
-        " --record {output.record:q} --threads {threads} 2> {log:q}"
+        " --record {output.record:q} --out-measurements {output.measurements:q} --threads {threads} 2> {log:q}"
+
+
+rule measurements:
+    """A center's predicted thrombi, one row per new subject: volume, length, width, side, centroid."""
+    input:
+        center_measurements,
+    output:
+        "results/predictions/{center}/measurements.tsv",
+    log:
+        "logs/measurements/{center}.log",
+    benchmark:
+        "logs/benchmarks/measurements/{center}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("measurements"),
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus measurements --inputs {input:q} --out {output:q} 2> {log:q}"
