@@ -30,7 +30,8 @@ PEAK_MB: dict[str, float] = {
     "learn_histograms": 2700.0,  # not measured (histogram method only): conservative
     "qc_center": 80.0,
     "duplicate_scans": 80.0,
-    "measurements": 80.0,        # not measured: reads small JSON files, like qc_center     # not measured: reads the conversion sidecars only, like qc_center
+    "measurements": 80.0,
+    "dicom_seg": 300.0,          # not measured: one series' headers and a mask; conservative        # not measured: reads small JSON files, like qc_center     # not measured: reads the conversion sidecars only, like qc_center
     "splits": 70.0,
     "evaluate": 210.0,
     "tables": 1300.0,            # 155 MB on the tiny cohort; not measured at demo size: conservative

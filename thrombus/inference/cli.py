@@ -51,9 +51,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `predict` and `measurements` subcommands."""
+    """Register the `predict`, `measurements` and `dicom-seg` subcommands."""
     _add_predict_parser(subparsers)
     add_measurements_parser(subparsers)
+    add_dicom_seg_parser(subparsers)
 
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -98,3 +99,35 @@ def add_measurements_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--inputs", nargs="+", required=True, help="measurements.json of each subject (thrombus predict)")
     parser.add_argument("--out", required=True, help="TSV table")
     parser.set_defaults(func=_cmd_measurements)
+
+
+def _cmd_dicom_seg(args: argparse.Namespace) -> int:
+    from thrombus import __version__
+    from thrombus.errors import user_errors
+    from thrombus.inference.dicomseg import write_segmentation
+    from thrombus.io import read_json
+
+    fingerprint = read_json(args.sidecar).get("ThrombusConversion", {}).get("series_uid_sha256") if args.sidecar else None
+    try:
+        write_segmentation(args.mask, args.sources, args.out, args.subject, args.center, __version__, fingerprint,
+                           args.original_identifiers)
+    except user_errors() as error:
+        log.error("subject %s (center %s): %s", args.subject, args.center, error)
+        return 1
+    return 0
+
+
+def add_dicom_seg_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `dicom-seg` subcommand (a mask as a DICOM Segmentation over its reference series)."""
+    parser = subparsers.add_parser("dicom-seg", help="a predicted mask as a DICOM Segmentation over the reference series")
+    parser.add_argument("--mask", required=True, help="thrombus mask on the reference grid (thrombus predict --out-mask)")
+    parser.add_argument("--sources", required=True, help="folder holding the reference series' DICOM files")
+    parser.add_argument("--sidecar", default=None,
+                        help="the reference's conversion sidecar (<sequence>.json): its fingerprint picks the series "
+                             "when the folder holds several")
+    parser.add_argument("--subject", required=True, help="pseudonym: written as patient name and ID")
+    parser.add_argument("--center", required=True)
+    parser.add_argument("--original-identifiers", action="store_true",
+                        help="keep the source's patient and study identifiers (for sending the object back to its PACS)")
+    parser.add_argument("--out", required=True, help="the DICOM SEG file")
+    parser.set_defaults(func=_cmd_dicom_seg)

@@ -71,9 +71,19 @@ def prediction_targets():
     """The masks of the unlabelled subjects, when a model for them is configured and can exist."""
     if not unlabelled_subjects() or not (config["inference"]["checkpoint"] or EXPERIMENTS):
         return []
-    masks = [f"results/predictions/{s.center}/{s.subject}/mask.nii.gz" for s in unlabelled_subjects()]
+    folders = [f"results/predictions/{s.center}/{s.subject}" for s in unlabelled_subjects()]
     centers = sorted({s.center for s in unlabelled_subjects()})
-    return masks + [f"results/predictions/{c}/measurements.tsv" for c in centers]
+    return ([f"{f}/mask.nii.gz" for f in folders] + [f"{f}/thrombus_seg.dcm" for f in folders]
+            + [f"results/predictions/{c}/measurements.tsv" for c in centers])
+
+
+def reference_source(wildcards):
+    """The source link of the subject's reference sequence (its DICOM, for the SEG object's references)."""
+    return str(sheets.source_link(ALL_SUBJECTS[wildcards.subject], reference_of(wildcards.subject)))
+
+
+def reference_sidecar(wildcards):
+    return f"{converted(wildcards.subject)}/{reference_of(wildcards.subject)}.json"
 
 
 def center_measurements(wildcards):

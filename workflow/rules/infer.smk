@@ -164,3 +164,28 @@ rule measurements:
         "../../envs/train.yaml"
     shell:
         "thrombus measurements --inputs {input:q} --out {output:q} 2> {log:q}"
+
+
+rule dicom_seg:
+    """A new subject's mask as a DICOM Segmentation over its reference series (pseudonymised), for PACS."""
+    input:
+        mask="results/predictions/{center}/{subject}/mask.nii.gz",
+        converted=converted_of,
+        sources=reference_source,
+    output:
+        "results/predictions/{center}/{subject}/thrombus_seg.dcm",
+    log:
+        "logs/dicom_seg/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/dicom_seg/{center}/{subject}.tsv"
+    params:
+        sidecar=reference_sidecar,
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("dicom_seg"),
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus dicom-seg --mask {input.mask:q} --sources {input.sources:q} --sidecar {params.sidecar:q}"
+        " --subject {wildcards.subject} --center {wildcards.center} --out {output:q} 2> {log:q}"
