@@ -55,7 +55,7 @@ class World:
 
     def predictions(self, fold: int) -> Path:
         """Where the workflow (and the overlays of `assemble_table`) put a fold's predictions."""
-        return self.root / "results" / "predict" / "loco" / f"fold{fold}"
+        return self.root / "results" / "heldout" / "loco" / f"fold{fold}"
 
     def request(self, fold: int, out_dir: Path, **changes: object) -> FoldRequest:
         values = {"sheet": self.sheet, "splits": self.splits, "fold": fold, "stacks_root": self.root,
@@ -394,7 +394,7 @@ def test_commands_run_end_to_end(world: World, predicted: dict, tmp_path: Path) 
     for name in ("main_per_center.csv", "main_subjects.tsv", "figures/main_boxplots.png", "figures/main_overlays.png"):
         assert (out / name).stat().st_size > 0
     # predict-fold as the infer rule calls it.
-    predictions = tmp_path / "results" / "predict" / "loco" / "fold1"
+    predictions = tmp_path / "results" / "heldout" / "loco" / "fold1"
     code = main(["predict-fold", "--sheet", str(world.sheet), "--stacks-root", str(world.root), "--splits", str(world.splits),
                  "--fold", "1", "--checkpoint", str(world.checkpoint), "--postprocessing", str(world.postprocessing),
                  "--harmonise", json.dumps(HARMONISE), "--subsets", json.dumps({"all": []}), "--out-dir", str(predictions),

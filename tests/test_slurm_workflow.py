@@ -188,7 +188,7 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
     model = workdir / "results/models/loco_gmd/fold0"
     for name in ("best.pt", "latest.pt", "model_card.json", "postprocessing.json", "training_log.csv"):
         assert (model / name).is_file(), name
-    predictions = workdir / "results/predict/loco_gmd/fold0"
+    predictions = workdir / "results/heldout/loco_gmd/fold0"
     assert predictions.is_dir() and any(p.is_file() for p in predictions.rglob("*")), "no predictions"
     assert (workdir / "results/evaluation/loco_gmd/fold0.tsv").is_file()
     assert not (workdir / "results/harmonise/C").exists()

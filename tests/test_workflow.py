@@ -234,7 +234,7 @@ def test_every_job_measured_its_peak_and_stayed_under_its_request(tiny_run: Path
 
 def test_missing_sequences_are_removed_at_test_time(tiny_run: Path) -> None:
     """The subset without susceptibility really ran without it: its availability says so."""
-    records = list((tiny_run / "results" / "predict" / "loco_gmd").glob("fold*/no_susceptibility/*/*/record.json"))
+    records = list((tiny_run / "results" / "heldout" / "loco_gmd").glob("fold*/no_susceptibility/*/*/record.json"))
     assert records
     for path in records:
         record = json.loads(path.read_text())
@@ -253,7 +253,7 @@ def test_tables_are_byte_identical_when_rerun(tiny_run: Path, tmp_path: Path) ->
     """Same config and data: models retrained from scratch, predictions and tables byte for byte the same."""
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy, symlinks=True)
-    for folder in ("models", "predict", "evaluation", "tables"):
+    for folder in ("models", "heldout", "evaluation", "tables"):
         shutil.rmtree(copy / "results" / folder)
     done = snakemake(copy, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(copy / "config.yaml"), timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -288,4 +288,4 @@ def test_new_subject_without_label_is_predicted_not_trained_on(tiny_run: Path) -
     for split in ("loco", "monocentric"):
         document = json.loads((tiny_run / "results" / "splits" / f"{split}.json").read_text())
         assert "N001" not in document["subjects"]
-    assert not list((tiny_run / "results" / "predict").rglob("N001"))
+    assert not list((tiny_run / "results" / "heldout").rglob("N001"))

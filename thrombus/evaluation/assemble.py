@@ -157,7 +157,7 @@ def overlay_case(request: TableRequest, row: pd.Series, role: str, truth_path: s
     stack_dir = request.stacks_root / "results" / "harmonise" / row["center"] / row["subject"]
     stack = nib.load(stack_dir / "stack.nii.gz")
     image = np.asarray(stack.dataobj[..., 0], dtype=np.float32)
-    predictions = request.stacks_root / "results" / "predict" / row["experiment"] / f"fold{int(row['fold'])}"
+    predictions = request.stacks_root / "results" / "heldout" / row["experiment"] / f"fold{int(row['fold'])}"
     mask = np.asarray(nib.load(subject_folder(predictions, row["subset"], row["center"], row["subject"]) / "mask.nii.gz").dataobj) > 0
     truth = np.asarray(nib.load(truth_path).dataobj) > 0 if truth_path else None
     spacing = tuple(float(z) for z in stack.header.get_zooms()[:3])

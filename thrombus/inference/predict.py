@@ -356,7 +356,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "predicted_volume_ml": round(int(mask.sum()) * voxel_ml, 6),
         "max_probability": round(float(probability.max()), 6),
         "outputs": {"probability": str(request.out_probability), "mask": str(request.out_mask),
-                    "measurements": None if request.out_measurements is None else str(request.out_measurements)},
+                    **({} if request.out_measurements is None else {"measurements": str(request.out_measurements)})},
         "device": str(device),
         "threads": request.threads,
         "seconds": round(time.perf_counter() - started, 3),

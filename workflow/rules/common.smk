@@ -430,7 +430,7 @@ def table_inputs(wildcards):
     return {
         "evaluations": [f"results/evaluation/{e}/fold{f}.tsv" for e, f in runs],
         "records": [f"results/evaluation/{e}/fold{f}.json" for e, f in runs],
-        "predictions": [f"results/predict/{e}/fold{f}" for e, f in runs],
+        "predictions": [f"results/heldout/{e}/fold{f}" for e, f in runs],
     }
 
 

@@ -28,7 +28,7 @@ rule infer:
     input:
         unpack(infer_inputs),
     output:
-        directory("results/predict/{experiment}/fold{fold}"),
+        directory("results/heldout/{experiment}/fold{fold}"),
     log:
         "logs/infer/{experiment}/fold{fold}.log",
     benchmark:
@@ -54,7 +54,7 @@ rule infer:
 rule evaluate:
     """Per-subject metrics of one experiment and fold, every subset, against the reference masks."""
     input:
-        predictions="results/predict/{experiment}/fold{fold}",
+        predictions="results/heldout/{experiment}/fold{fold}",
         card="results/models/{experiment}/fold{fold}/model_card.json",
     output:
         table="results/evaluation/{experiment}/fold{fold}.tsv",
