@@ -367,3 +367,29 @@ def test_only_the_pooled_column_reserves_all() -> None:
     assert list(zip(summary["subset"], summary["center"])) == [("all", "A"), ("all", "B"), ("all", "all")]
     with pytest.raises(ValueError, match="reserved"):
         summarise(records.assign(center="all"), group=["subset", "center"])
+
+
+def test_panels_name_the_patients_sides_from_the_grid() -> None:
+    """The same clot on a RAS and on a LAS grid lands on opposite sides of the screen; the markers say so."""
+    from thrombus.nifti import screen_sides
+
+    assert screen_sides(np.diag([1.0, 1.0, 2.0, 1.0])) == ("L", "R", "P", "A")
+    assert screen_sides(np.diag([-0.9, 0.9, 6.0, 1.0])) == ("R", "L", "P", "A")
+
+
+def test_a_new_subjects_prediction_is_drawn_through_its_largest_component(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from thrombus.evaluation.figures import prediction_overview
+
+    rng = np.random.default_rng(2)
+    affine = np.diag([-0.9, 0.9, 6.0, 1.0])
+    nib.save(nib.Nifti1Image(rng.standard_normal((*SHAPE, 2)).astype(np.float32), affine), tmp_path / "stack.nii.gz")
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[10:14, 10:13, 2] = 1
+    mask[20, 18, 1] = 1
+    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
+    figure = prediction_overview(tmp_path / "stack.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "overview.png", "N001 (center A)")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), affine), tmp_path / "empty.nii.gz")
+    assert prediction_overview(tmp_path / "stack.nii.gz", tmp_path / "empty.nii.gz", tmp_path / "none.png", "N002").exists()

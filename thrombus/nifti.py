@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -82,3 +83,25 @@ def load_volume(path: PathLike, what: str = "volume", allow_4d: bool = False) ->
 def orientation(affine: np.ndarray) -> str:
     """Axis codes such as 'LAS' for an affine."""
     return "".join(nib.aff2axcodes(affine))
+
+
+#: The opposite end of each anatomical axis code.
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def screen_sides(affine: np.ndarray) -> tuple[str, str, str, str]:
+    """(left, right, bottom, top) of an axial panel drawn as `imshow(slice.T, origin="lower")`: the
+    patient directions that array axes 0 and 1 run from and to. Figures print them, since a grid's
+    orientation decides on which side of the screen the patient's left lands."""
+    codes = nib.aff2axcodes(affine)
+    return _OPPOSITE[codes[0]], codes[0], _OPPOSITE[codes[1]], codes[1]
+
+
+def mark_sides(ax: Any, affine: np.ndarray, colour: str = "yellow") -> None:
+    """The patient directions at the four edges of an axial panel (see `screen_sides`)."""
+    left, right, bottom, top = screen_sides(affine)
+    style = {"transform": ax.transAxes, "color": colour, "fontsize": 8, "fontweight": "bold"}
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)

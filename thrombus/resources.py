@@ -31,6 +31,7 @@ PEAK_MB: dict[str, float] = {
     "qc_center": 80.0,
     "duplicate_scans": 80.0,
     "measurements": 80.0,
+    "prediction_figure": 400.0,  # not measured: one stack and mask in memory, matplotlib; conservative
     "dicom_seg": 300.0,          # not measured: one series' headers and a mask; conservative        # not measured: reads small JSON files, like qc_center     # not measured: reads the conversion sidecars only, like qc_center
     "splits": 70.0,
     "evaluate": 210.0,

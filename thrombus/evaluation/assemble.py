@@ -162,4 +162,4 @@ def overlay_case(request: TableRequest, row: pd.Series, role: str, truth_path: s
     truth = np.asarray(nib.load(truth_path).dataobj) > 0 if truth_path else None
     spacing = tuple(float(z) for z in stack.header.get_zooms()[:3])
     label = f"{role}: {row['subject']} (center {row['center']}, Dice {row['dice']:.2f})"
-    return OverlayCase(label=label, image=image, truth=truth, prediction=mask, spacing=spacing)
+    return OverlayCase(label=label, image=image, truth=truth, prediction=mask, spacing=spacing, affine=stack.affine)

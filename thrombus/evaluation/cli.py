@@ -53,8 +53,23 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prediction_figure(args: argparse.Namespace) -> int:
+    from thrombus.evaluation.figures import prediction_overview
+
+    prediction_overview(args.stack, args.mask, args.out, f"{args.subject} (center {args.center})")
+    return 0
+
+
 def add_evaluation_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register `evaluate` and `tables`."""
+    """Register `evaluate`, `tables` and `prediction-figure`."""
+    figure = subparsers.add_parser("prediction-figure", help="a new subject's prediction drawn on its susceptibility channel")
+    figure.add_argument("--stack", required=True, help="harmonised stack (its first channel is drawn)")
+    figure.add_argument("--mask", required=True, help="predicted mask on the stack's grid")
+    figure.add_argument("--subject", required=True)
+    figure.add_argument("--center", required=True)
+    figure.add_argument("--out", required=True, help="PNG")
+    figure.set_defaults(func=_cmd_prediction_figure)
+
     evaluate = subparsers.add_parser("evaluate", help="per-subject metrics of one experiment's fold, every subset")
     evaluate.add_argument("--sheet", required=True, help="sample sheet (TSV): labels and reference masks")
     evaluate.add_argument("--predictions", required=True, help="the fold's prediction folder (predict-fold)")

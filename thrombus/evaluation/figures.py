@@ -34,6 +34,24 @@ class OverlayCase:
     truth: np.ndarray | None
     prediction: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: The grid's voxel-to-scanner affine: with it, panels say which side is the patient's left and where the
+    #: slice lies (without it, a left clot drawn on the screen's right would not say so).
+    affine: np.ndarray | None = None
+    #: Where the slice and zoom go when there is no truth: e.g. the largest predicted component.
+    focus: np.ndarray | None = None
+
+
+def _mark_sides(ax, case: OverlayCase, z: int) -> None:  # type: ignore[no-untyped-def]
+    """Patient directions at the panel's edges, and the slice's position along the scanner's axis."""
+    if case.affine is None:
+        return
+    from thrombus.nifti import mark_sides
+
+    mark_sides(ax, case.affine)
+    position = case.affine[:3, :3] @ np.array([0.0, 0.0, float(z)]) + case.affine[:3, 3]
+    axis = int(np.argmax(np.abs(case.affine[:3, 2])))
+    ax.text(0.98, 0.02, f"{'xyz'[axis]} = {position[axis]:.0f} mm", ha="right", va="bottom",
+            transform=ax.transAxes, color="white", fontsize=6)
 
 
 def _pyplot():
@@ -88,8 +106,8 @@ def center_boxplots(
 
 
 def _axial_slice(case: OverlayCase) -> int:
-    """Through the truth's centroid, else the prediction's, else the middle of the volume."""
-    for mask in (case.truth, case.prediction):
+    """Through the truth's centroid, else the focus's, else the prediction's, else the middle of the volume."""
+    for mask in (case.truth, case.focus, case.prediction):
         if mask is not None and np.any(mask):
             return int(round(float(np.argwhere(mask)[:, 2].mean())))
     return case.image.shape[2] // 2
@@ -98,7 +116,7 @@ def _axial_slice(case: OverlayCase) -> int:
 def _crop_window(case: OverlayCase, z: int) -> tuple[slice, slice]:
     """A square window around the in-slice centre of the masks (the whole slice centre if none)."""
     centre = np.asarray(case.image.shape[:2], dtype=float) / 2
-    for mask in (case.truth, case.prediction):
+    for mask in (case.truth, case.focus, case.prediction):
         if mask is not None and np.any(mask[:, :, z]):
             centre = np.argwhere(mask[:, :, z]).mean(axis=0)
             break
@@ -138,8 +156,9 @@ def overlay_cases(cases: Sequence[OverlayCase], target: PathLike, title: str) ->
         full = (slice(None), slice(None))
         _draw(axes[row, 0], case, z, full)
         _draw(axes[row, 1], case, z, _crop_window(case, z))
+        _mark_sides(axes[row, 0], case, z)
         axes[row, 0].set_title(f"{case.label}, slice {z}", fontsize=9, loc="left")
-        axes[row, 1].set_title("zoom (truth green, prediction red)", fontsize=8)
+        axes[row, 1].set_title("zoom (truth green, prediction red)" if case.truth is not None else "zoom (prediction red)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = _save(fig, target)
@@ -170,3 +189,25 @@ def pick_best_median_worst(
         if subject not in {s for _, s in chosen}:
             chosen.append((role, subject))
     return chosen
+
+
+def prediction_overview(stack: PathLike, mask: PathLike, target: PathLike, title: str) -> Path:
+    """A new subject's prediction on its susceptibility channel: the slice through the largest component
+    (the reported thrombus), the whole slice with the patient's sides marked and a zoom."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    image = nib.load(str(stack))
+    predicted = np.asarray(nib.load(str(mask)).dataobj) > 0
+    labels, count = ndimage.label(predicted, structure=np.ones((3, 3, 3), dtype=bool))
+    focus = None
+    if count:
+        sizes = np.bincount(labels.ravel())[1:]
+        focus = labels == int(np.argmax(sizes)) + 1
+    found = f"{count} component(s)" if count else "nothing found"
+    case = OverlayCase(
+        label=f"{title}: {found}", image=np.asarray(image.dataobj[..., 0], dtype=np.float32), truth=None,
+        prediction=predicted, spacing=tuple(float(z) for z in image.header.get_zooms()[:3]), affine=image.affine,
+        focus=focus,
+    )
+    return overlay_cases([case], target, "prediction (red) on the susceptibility channel")

@@ -86,10 +86,11 @@ def _cmd_harmonise(args: argparse.Namespace) -> int:
         Path(args.out_stack), Path(args.out_json), args.subject, args.center, Path(args.record) if args.record else None,
         scales,
     )
-    stack = np.asarray(nib.load(args.out_stack).dataobj)
+    stacked = nib.load(args.out_stack)
+    stack = np.asarray(stacked.dataobj)
     mask = np.asarray(nib.load(args.brain_mask).dataobj) > 0
     subject_figure(stack, mask, summary["channels"], summary["availability"], args.out_png,
-                   f"center {args.center}, subject {args.subject} (reference {args.reference_sequence})")
+                   f"center {args.center}, subject {args.subject} (reference {args.reference_sequence})", stacked.affine)
     return 0
 
 

@@ -27,8 +27,10 @@ def _slices(mask: np.ndarray, count: int = 3) -> list[int]:
     return sorted({int(v) for v in np.linspace(z[0], z[-1], count + 2)[1:-1].round()})
 
 
-def subject_figure(stack: np.ndarray, mask: np.ndarray, channels: Sequence[str], availability: Sequence[int], out: PathLike, title: str) -> Path:
-    """Rows: slices; columns: channels; the brain-mask outline in every panel."""
+def subject_figure(stack: np.ndarray, mask: np.ndarray, channels: Sequence[str], availability: Sequence[int], out: PathLike,
+                   title: str, affine: np.ndarray | None = None) -> Path:
+    """Rows: slices; columns: channels; the brain-mask outline in every panel, the patient's sides marked
+    in the first column when the grid's affine is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,6 +45,10 @@ def subject_figure(stack: np.ndarray, mask: np.ndarray, channels: Sequence[str],
             ax.contour(mask[:, :, z].T.astype(float), levels=[0.5], colors="tab:red", linewidths=0.6)
             ax.set_xticks([])
             ax.set_yticks([])
+            if c == 0 and affine is not None:
+                from thrombus.nifti import mark_sides
+
+                mark_sides(ax, affine)
             if r == 0:
                 ax.set_title(channel if availability[c] else f"{channel} (missing)", fontsize=9)
     fig.suptitle(title, fontsize=10)

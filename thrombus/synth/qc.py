@@ -53,6 +53,10 @@ def _show(axis: Axes, image: np.ndarray, masks: list[tuple[np.ndarray, str]], li
             axis.contour(mask.T.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
     axis.set_title(title, fontsize=8)
     axis.set_axis_off()
+    # slices are shown radiologically (LAS): the patient's right on the screen's left; say so
+    style = {"transform": axis.transAxes, "color": "yellow", "fontsize": 7, "fontweight": "bold", "va": "center"}
+    axis.text(0.02, 0.5, "R", ha="left", **style)
+    axis.text(0.98, 0.5, "L", ha="right", **style)
 
 
 def write_qc(target: Path, title: str, reference: np.ndarray, reference_affine: np.ndarray, thrombus: np.ndarray,

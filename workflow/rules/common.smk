@@ -73,7 +73,7 @@ def prediction_targets():
         return []
     folders = [f"results/predictions/{s.center}/{s.subject}" for s in unlabelled_subjects()]
     centers = sorted({s.center for s in unlabelled_subjects()})
-    return ([f"{f}/mask.nii.gz" for f in folders] + [f"{f}/thrombus_seg.dcm" for f in folders]
+    return ([f"{f}/{name}" for f in folders for name in ("mask.nii.gz", "thrombus_seg.dcm", "overview.png")]
             + [f"results/predictions/{c}/measurements.tsv" for c in centers])
 
 

@@ -189,3 +189,29 @@ rule dicom_seg:
     shell:
         "thrombus dicom-seg --mask {input.mask:q} --sources {input.sources:q} --sidecar {params.sidecar:q}"
         " --subject {wildcards.subject} --center {wildcards.center} --out {output:q} 2> {log:q}"
+
+
+rule prediction_figure:
+    """A new subject's prediction on its susceptibility channel, sides marked, zoomed on the thrombus."""
+    input:
+        stack="results/harmonise/{center}/{subject}/stack.nii.gz",
+        mask="results/predictions/{center}/{subject}/mask.nii.gz",
+    output:
+        report(
+            "results/predictions/{center}/{subject}/overview.png",
+            category="Predictions",
+            labels={"center": "{center}", "subject": "{subject}"},
+        ),
+    log:
+        "logs/prediction_figure/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/prediction_figure/{center}/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("prediction_figure"),
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus prediction-figure --stack {input.stack:q} --mask {input.mask:q} --subject {wildcards.subject}"
+        " --center {wildcards.center} --out {output:q} 2> {log:q}"
