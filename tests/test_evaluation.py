@@ -313,7 +313,7 @@ def test_write_table_is_byte_identical_and_carries_notes(tmp_path: Path) -> None
     notes = [MATCHING_RULE, "Failed: B005 (prediction not on the reference grid)", "100% of_runs & more"]
     first = write_table(summary, tmp_path / "one" / "table_centers", "Per-center results", notes)
     second = write_table(summary, tmp_path / "two" / "table_centers", "Per-center results", notes)
-    assert [p.suffix for p in first] == [".csv", ".md", ".tex"]
+    assert [p.suffix for p in first] == [".csv", ".md", ".tex", ".html"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes()
     markdown = first[1].read_text()
@@ -323,6 +323,9 @@ def test_write_table_is_byte_identical_and_carries_notes(tmp_path: Path) -> None
     latex = first[2].read_text()
     assert r"\caption{Per-center results}" in latex and r"100\% of\_runs \& more" in latex
     assert "±" not in latex and r"$\pm$" in latex
+    page = first[3].read_text()
+    assert "<h2>Per-center results</h2>" in page and "<td>all</td>" in page
+    assert "<li>Failed: B005 (prediction not on the reference grid)</li>" in page and "100% of_runs &amp; more" in page
     csv = pd.read_csv(first[0])
     assert csv["center"].tolist() == ["A", "B", "all"]
     assert "0.7500" in first[0].read_text()

@@ -269,7 +269,8 @@ def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, tiny_
     done = snakemake(tiny_run, "--configfile", str(tiny_run / "config.yaml"), "--report", str(report), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     html = report.read_text(errors="replace")
-    for name in ("multicentric.csv", "ablation_overlays.png", "learning_curves.png", "Matching rule"):
+    for name in ("multicentric.html", "multicentric_per_center.html", "ablation_overlays.png", "learning_curves.png",
+                 "Matching rule", "preprocess.png", "overview.png"):
         assert name in html, name
     identifiers = json.loads((tiny_cohort / "identifiers.json").read_text())["subjects"]
     for person in identifiers:

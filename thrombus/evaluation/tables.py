@@ -275,8 +275,22 @@ def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str
     return "\n".join(lines) + "\n"
 
 
+def to_html(display: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+    """A page of its own for the HTML report (Snakemake shows a CSV as a download, an HTML file as a page):
+    heading, the table as displayed, then the notes."""
+    import html
+
+    rows = display.to_html(index=False, escape=True, border=0, classes="thrombus-table", na_rep="")
+    items = "\n".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    style = ("body{font-family:sans-serif;font-size:14px;margin:1em} table{border-collapse:collapse}"
+             " th,td{border-bottom:1px solid #ccc;padding:3px 8px;text-align:left} li{margin:0.3em 0}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head>\n<body><h2>{html.escape(title)}</h2>\n{rows}\n"
+            f"<h3>Notes</h3><ul>\n{items}\n</ul></body></html>\n")
+
+
 def write_table(summary: pd.DataFrame, stem: Path, title: str, notes: Sequence[str]) -> list[Path]:
-    """stem.csv (raw numbers, '%.4f'), stem.md and stem.tex (display strings and notes), each atomically.
+    """stem.csv (raw numbers, '%.4f'), stem.md, stem.tex and stem.html (display strings and notes), each atomically.
 
     Callers should include MATCHING_RULE in `notes` and name any subject that failed or was skipped, so
     the table states what it does not contain.
@@ -288,6 +302,7 @@ def write_table(summary: pd.DataFrame, stem: Path, title: str, notes: Sequence[s
         write_text(stem.with_name(stem.name + ".csv"), csv_text),
         write_text(stem.with_name(stem.name + ".md"), to_markdown(display, title, notes)),
         write_text(stem.with_name(stem.name + ".tex"), to_latex(display, title, notes, stem.name)),
+        write_text(stem.with_name(stem.name + ".html"), to_html(display, title, notes)),
     ]
-    log.info("wrote %s.{csv,md,tex} (%d rows)", stem, len(summary))
+    log.info("wrote %s.{csv,md,tex,html} (%d rows)", stem, len(summary))
     return written

@@ -5,7 +5,11 @@ rule harmonise:
     output:
         stack="results/harmonise/{center}/{subject}/stack.nii.gz",
         summary="results/harmonise/{center}/{subject}/stack.json",
-        png="results/qc/{center}/{subject}/preprocess.png",
+        png=report(
+            "results/qc/{center}/{subject}/preprocess.png",
+            category="QC",
+            labels={"center": "{center}", "subject": "{subject}"},
+        ),
     log:
         record="logs/harmonise/{center}/{subject}.json",
         console="logs/harmonise/{center}/{subject}.log",

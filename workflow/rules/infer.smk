@@ -85,14 +85,16 @@ rule tables:
     input:
         unpack(table_inputs),
     output:
-        csv=report("results/tables/{table}.csv", category="Tables", labels={"table": "{table}", "rows": "overall"}),
+        csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
         tex="results/tables/{table}.tex",
-        centers=report(
-            "results/tables/{table}_per_center.csv", category="Tables", labels={"table": "{table}", "rows": "per center"}
-        ),
+        html=report("results/tables/{table}.html", category="Tables", labels={"table": "{table}", "rows": "overall"}),
+        centers="results/tables/{table}_per_center.csv",
         centers_md="results/tables/{table}_per_center.md",
         centers_tex="results/tables/{table}_per_center.tex",
+        centers_html=report(
+            "results/tables/{table}_per_center.html", category="Tables", labels={"table": "{table}", "rows": "per center"}
+        ),
         subjects="results/tables/{table}_subjects.tsv",
         boxplots=report("results/tables/figures/{table}_boxplots.png", category="Figures", labels={"table": "{table}", "figure": "box plots"}),
         overlays=report("results/tables/figures/{table}_overlays.png", category="Figures", labels={"table": "{table}", "figure": "overlays"}),
