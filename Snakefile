@@ -38,6 +38,8 @@ localrules:
     convert_all,
     duplicate_scans,
     measurements,
+    bids_description,
+    bids_subject,
     preprocess,
     qc_center,
     splits,

@@ -123,6 +123,11 @@ def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, 
     readout = json.loads((mask.parent / "measurements.json").read_text())
     table = pd.read_csv(tmp_path / "results" / "predictions" / "A" / "measurements.tsv", sep="\t")
     assert list(table["subject"]) == ["N001"] and bool(table["found"][0]) == (readout["thrombus"] is not None)
+    assert (mask.parent / "thrombus_seg.dcm").exists() and (mask.parent / "overview.png").exists()
+    from test_bids import validate
+
+    assert list((tmp_path / "results" / "bids" / "sub-N001" / "anat").glob("*_label-thrombus_mask.nii.gz"))
+    assert validate(tmp_path / "results" / "bids")["errors"] == []
 
 
 @pytest.mark.fault

@@ -51,10 +51,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `predict`, `measurements` and `dicom-seg` subcommands."""
+    """Register the `predict`, `measurements`, `dicom-seg` and `bids` subcommands."""
     _add_predict_parser(subparsers)
     add_measurements_parser(subparsers)
     add_dicom_seg_parser(subparsers)
+    add_bids_parser(subparsers)
 
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -131,3 +132,29 @@ def add_dicom_seg_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="keep the source's patient and study identifiers (for sending the object back to its PACS)")
     parser.add_argument("--out", required=True, help="the DICOM SEG file")
     parser.set_defaults(func=_cmd_dicom_seg)
+
+
+def _cmd_bids(args: argparse.Namespace) -> int:
+    from thrombus import __version__
+    from thrombus.inference.bids import write_description, write_subject
+
+    if args.subject is None:
+        write_description(args.root, __version__)
+        return 0
+    write_subject(args.root, args.subject, args.center, args.reference, args.mask, args.probability, args.measurements)
+    return 0
+
+
+def add_bids_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `bids` subcommand (new subjects' predictions as a BIDS-Derivatives dataset)."""
+    parser = subparsers.add_parser(
+        "bids", help="write a subject's prediction into a BIDS-Derivatives dataset (without --subject: its description)"
+    )
+    parser.add_argument("--root", required=True, help="the derivatives dataset's folder (the workflow's results/bids)")
+    parser.add_argument("--subject", default=None, help="pseudonym: the BIDS subject label")
+    parser.add_argument("--center")
+    parser.add_argument("--reference", help="the reference sequence: the space label (space-<reference>)")
+    parser.add_argument("--mask")
+    parser.add_argument("--probability")
+    parser.add_argument("--measurements", help="measurements.json (thrombus predict): goes into the mask's sidecar")
+    parser.set_defaults(func=_cmd_bids)

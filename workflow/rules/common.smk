@@ -73,8 +73,18 @@ def prediction_targets():
         return []
     folders = [f"results/predictions/{s.center}/{s.subject}" for s in unlabelled_subjects()]
     centers = sorted({s.center for s in unlabelled_subjects()})
-    return ([f"{f}/{name}" for f in folders for name in ("mask.nii.gz", "thrombus_seg.dcm", "overview.png")]
+    bids = [f"results/bids/sub-{s.subject}/anat/sub-{s.subject}_space-{reference_of(s.subject)}_label-thrombus_mask.nii.gz"
+            for s in unlabelled_subjects()]
+    return ([f"{f}/{name}" for f in folders for name in ("mask.nii.gz", "thrombus_seg.dcm", "overview.png")] + bids
             + [f"results/predictions/{c}/measurements.tsv" for c in centers])
+
+
+def bids_subject_inputs(wildcards):
+    """The dataset's description, and the subject's prediction, readout and probability map."""
+    s = ALL_SUBJECTS[wildcards.subject]
+    folder = f"results/predictions/{s.center}/{s.subject}"
+    return {"description": "results/bids/dataset_description.json", "mask": f"{folder}/mask.nii.gz",
+            "probability": f"{folder}/probability.nii.gz", "measurements": f"{folder}/measurements.json"}
 
 
 def reference_source(wildcards):

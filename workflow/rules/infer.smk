@@ -217,3 +217,48 @@ rule prediction_figure:
     shell:
         "thrombus prediction-figure --stack {input.stack:q} --mask {input.mask:q} --subject {wildcards.subject}"
         " --center {wildcards.center} --out {output:q} 2> {log:q}"
+
+
+rule bids_description:
+    """dataset_description.json of the BIDS-Derivatives dataset of new subjects' predictions."""
+    output:
+        "results/bids/dataset_description.json",
+    log:
+        "logs/bids/dataset_description.log",
+    benchmark:
+        "logs/benchmarks/bids_description/all.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("bids_description"),
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus bids --root results/bids 2> {log:q}"
+
+
+rule bids_subject:
+    """A new subject's mask (with its readout) and probability map as BIDS derivatives, space-<reference>."""
+    input:
+        unpack(bids_subject_inputs),
+    output:
+        multiext(
+            "results/bids/sub-{subject}/anat/sub-{subject}_space-{reference}_label-thrombus",
+            "_mask.nii.gz", "_mask.json", "_probseg.nii.gz", "_probseg.json",
+        ),
+    log:
+        "logs/bids/{subject}_{reference}.log",
+    benchmark:
+        "logs/benchmarks/bids_subject/{subject}_{reference}.tsv"
+    params:
+        center=lambda wildcards: ALL_SUBJECTS[wildcards.subject].center,
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("bids_subject"),
+        runtime=5,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "thrombus bids --root results/bids --subject {wildcards.subject} --center {params.center:q}"
+        " --reference {wildcards.reference} --mask {input.mask:q} --probability {input.probability:q}"
+        " --measurements {input.measurements:q} 2> {log:q}"
