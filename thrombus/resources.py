@@ -30,6 +30,7 @@ PEAK_MB: dict[str, float] = {
     "learn_histograms": 2700.0,  # not measured (histogram method only): conservative
     "qc_center": 80.0,
     "duplicate_scans": 80.0,
+    "measure": 540.0,            # not measured: an ANTs affine of two brain masks, like register
     "measurements": 80.0,
     "prediction_figure": 400.0,  # not measured: one stack and mask in memory, matplotlib; conservative
     "dicom_seg": 300.0,

@@ -51,11 +51,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `predict`, `measurements`, `dicom-seg` and `bids` subcommands."""
+    """Register the `predict`, `measure`, `measurements`, `dicom-seg` and `bids` subcommands."""
     _add_predict_parser(subparsers)
     add_measurements_parser(subparsers)
     add_dicom_seg_parser(subparsers)
     add_bids_parser(subparsers)
+    add_measure_parser(subparsers)
 
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -158,3 +159,27 @@ def add_bids_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probability")
     parser.add_argument("--measurements", help="measurements.json (thrombus predict): goes into the mask's sidecar")
     parser.set_defaults(func=_cmd_bids)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from thrombus.inference.atlas import measure_subject
+
+    measure_subject(args.subject, args.center, args.mask, args.probability, args.stack, args.record, args.out,
+                    args.out_transform, args.threads, args.seed)
+    return 0
+
+
+def add_measure_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the `measure` subcommand (a new subject's readout, placed in MNI space)."""
+    parser = subparsers.add_parser("measure", help="a predicted thrombus's volume, length, width, side, MNI position and segment")
+    parser.add_argument("--subject", required=True)
+    parser.add_argument("--center", required=True)
+    parser.add_argument("--mask", required=True, help="predicted mask (thrombus predict --out-mask)")
+    parser.add_argument("--probability", required=True, help="its probability map")
+    parser.add_argument("--stack", required=True, help="the harmonised stack it was predicted on (its brain goes to MNI)")
+    parser.add_argument("--record", required=True, help="the prediction's record (the sequences it used)")
+    parser.add_argument("--out", required=True, help="measurements.json")
+    parser.add_argument("--out-transform", required=True, help="the subject-to-MNI affine (ANTs .mat)")
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.set_defaults(func=_cmd_measure)

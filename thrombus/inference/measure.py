@@ -8,8 +8,7 @@ figure can be off by about a voxel along the direction it runs (1 mm in-plane, 2
 6 mm across thick T2* slices). On the paper cohort's truth masks, length against the generator's clot
 length: mean absolute error 0.6-0.7 mm on the SWI centers (1 x 1 x 2-2.4 mm), 3.4 mm on the 6 mm T2* center.
 The side is judged against the brain's own centre, not the scanner's x = 0, since heads lie off-centre.
-Arterial segment and MNI coordinates need an atlas registered to the subject, which this module does
-not do.
+The MNI position and the arterial segment need a registration to a template: `atlas.locate` adds them.
 """
 
 from __future__ import annotations
@@ -130,13 +129,13 @@ def measurements(
         "thrombus": components[0] if components else None,
         "components": components,
         "units": {"volume": "ml", "length_width": "mm, maximum Feret diameter of the voxels and the largest extent across it", "centroid": "scanner RAS mm"},
-        "not_measured": "arterial segment and MNI coordinates (no atlas registration yet)",
+        "not_measured": "MNI position and arterial segment (added by the workflow's measure step, atlas.locate)",
     }
 
 
 #: Columns of a center's table: one row per subject, its largest component as the thrombus.
-TABLE_COLUMNS = ("subject", "center", "found", "volume_ml", "length_mm", "width_mm", "side", "centroid_scanner_ras_mm",
-                 "mean_probability", "other_components", "sequences_used")
+TABLE_COLUMNS = ("subject", "center", "found", "segment", "side", "volume_ml", "length_mm", "width_mm",
+                 "centroid_mni_mm", "centroid_scanner_ras_mm", "mean_probability", "other_components", "sequences_used")
 
 
 def center_table(readouts: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -146,8 +145,8 @@ def center_table(readouts: Sequence[dict[str, Any]]) -> pd.DataFrame:
         thrombus = readout["thrombus"] or {}
         rows.append({
             "subject": readout["subject"], "center": readout["center"], "found": bool(readout["thrombus"]),
-            **{key: thrombus.get(key) for key in ("volume_ml", "length_mm", "width_mm", "side", "mean_probability")},
-            "centroid_scanner_ras_mm": " ".join(str(v) for v in thrombus.get("centroid_scanner_ras_mm", [])),
+            **{key: thrombus.get(key) for key in ("segment", "volume_ml", "length_mm", "width_mm", "side", "mean_probability")},
+            **{key: " ".join(str(v) for v in thrombus.get(key, [])) for key in ("centroid_mni_mm", "centroid_scanner_ras_mm")},
             "other_components": max(0, len(readout["components"]) - 1),
             "sequences_used": " ".join(readout["sequences_used"]),
         })

@@ -128,7 +128,6 @@ rule predict:
         probability="results/predictions/{center}/{subject}/probability.nii.gz",
         mask="results/predictions/{center}/{subject}/mask.nii.gz",
         record="results/predictions/{center}/{subject}/record.json",
-        measurements="results/predictions/{center}/{subject}/measurements.json",
     log:
         "logs/predict/{center}/{subject}.log",
     benchmark:
@@ -145,7 +144,36 @@ rule predict:
         "thrombus predict --subject {wildcards.subject} --center {wildcards.center} --checkpoint {input.checkpoint:q}"
         " --postprocessing {input.postprocessing:q} --stack {input.stack:q} --summary {input.summary:q}"
         " --harmonise {params.harmonise:q} --out-probability {output.probability:q} --out-mask {output.mask:q}"
-        " --record {output.record:q} --out-measurements {output.measurements:q} --threads {threads} 2> {log:q}"
+        " --record {output.record:q} --threads {threads} 2> {log:q}"
+
+
+rule measure:
+    """A new subject's readout: each component's volume, length, width, side, MNI centroid and segment."""
+    input:
+        mask="results/predictions/{center}/{subject}/mask.nii.gz",
+        probability="results/predictions/{center}/{subject}/probability.nii.gz",
+        record="results/predictions/{center}/{subject}/record.json",
+        stack="results/harmonise/{center}/{subject}/stack.nii.gz",
+    output:
+        measurements="results/predictions/{center}/{subject}/measurements.json",
+        transform="results/predictions/{center}/{subject}/to_mni.mat",
+    log:
+        "logs/measure/{center}/{subject}.log",
+    benchmark:
+        "logs/benchmarks/measure/{center}/{subject}.tsv"
+    params:
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb_for("measure"),
+        runtime=10,
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "thrombus measure --subject {wildcards.subject} --center {wildcards.center} --mask {input.mask:q}"
+        " --probability {input.probability:q} --stack {input.stack:q} --record {input.record:q}"
+        " --out {output.measurements:q} --out-transform {output.transform:q} --threads {threads} --seed {params.seed}"
+        " 2> {log:q}"
 
 
 rule measurements:
