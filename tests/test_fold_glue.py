@@ -310,9 +310,9 @@ def test_assemble_table_orders_rows_states_failures_and_is_reproducible(world: W
     out = tmp_path / "tables"
     written = assemble_table(table_request(world, tables, records, out))
     names = {path.relative_to(out).as_posix() for path in written}
-    assert names == {"ablation.csv", "ablation.md", "ablation.tex", "ablation_per_center.csv", "ablation_per_center.md",
-                     "ablation_per_center.tex", "ablation_subjects.tsv", "figures/ablation_boxplots.png",
-                     "figures/ablation_overlays.png"}
+    assert names == {"ablation.csv", "ablation.md", "ablation.tex", "ablation.html", "ablation_per_center.csv",
+                     "ablation_per_center.md", "ablation_per_center.tex", "ablation_per_center.html", "ablation_subjects.tsv",
+                     "figures/ablation_boxplots.png", "figures/ablation_overlays.png"}
     assert all(path.stat().st_size > 0 for path in written)
     for figure in ("figures/ablation_boxplots.png", "figures/ablation_overlays.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -342,8 +342,8 @@ def test_assemble_table_orders_rows_states_failures_and_is_reproducible(world: W
     tex = (out / "ablation.tex").read_text()
     assert "not scored: loco fold 0, subset all, subject A002" in tex and "SMOKE RUN" not in tex
 
-    stable = ("ablation.csv", "ablation.md", "ablation.tex", "ablation_per_center.csv", "ablation_per_center.md",
-              "ablation_per_center.tex", "ablation_subjects.tsv")
+    stable = ("ablation.csv", "ablation.md", "ablation.tex", "ablation.html", "ablation_per_center.csv",
+              "ablation_per_center.md", "ablation_per_center.tex", "ablation_per_center.html", "ablation_subjects.tsv")
     before = {name: (out / name).read_bytes() for name in stable}
     assemble_table(table_request(world, tables, records, out))
     assert {name: (out / name).read_bytes() for name in stable} == before
