@@ -133,7 +133,8 @@ def test_failing_job_is_failed_and_stops_the_run(slurm_cluster, tiny_cohort: Pat
     assert "Exiting because a job execution failed" in "\n".join(out.splitlines()[-10:]), _tail(run, slurm_cluster)
     # the thrombus log names center, subject and series; no output is left for the failed job
     text = (workdir / log).read_text()
-    assert f"center {center}, subject {subject}, swi" in text and str(folder) in text, text
+    assert f"center {center}, subject {subject}, swi" in text and f"results/dicom/{center}/{subject}/swi" in text, text
+    assert str(folder) not in text  # the pseudonym's link names the folder, the source path stays out
     assert not (workdir / f"results/convert/{center}/{subject}").exists()
     assert not [p for p in (workdir / "results").rglob("*") if p.is_file() and f"/{center}/" not in str(p)]
 

@@ -109,7 +109,8 @@ def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, 
     """A sheet of unlabelled subjects and a checkpoint, with config.yaml's experiments and tables left as
     they are: conversion, preprocessing and prediction run, nothing trains, no table is made, and the mask
     is the one the labelled run predicted for the same subject with the same model."""
-    model = tiny_run / "results" / "models" / "loco_gmd" / "fold2" / "best.pt"
+    used = json.loads((tiny_run / "results" / "predictions" / "A" / "N001" / "record.json").read_text())["checkpoint"]
+    model = tiny_run / used  # the model the labelled run predicted N001 with (inference.experiment / fold)
     rows = read_sheet(tiny_run / "samples.tsv")
     sheet = tmp_path / "samples.tsv"
     rows[rows["subject"] == "N001"].to_csv(sheet, sep="\t", index=False)
@@ -178,7 +179,8 @@ def test_bad_subject_fails_alone_with_keep_going(tiny_cohort: Path, tmp_path: Pa
     assert done.returncode != 0
     log = (tmp_path / "logs" / "convert" / victim["center"] / f"{victim['subject']}.log").read_text()
     assert f"center {victim['center']}, subject {victim['subject']}, swi" in log and "a slice is missing" in log
-    assert str(folder) in log
+    link = f"results/dicom/{victim['center']}/{victim['subject']}/swi"
+    assert link in log and str(folder) not in log  # the pseudonym's link, not the source path
     # the subject's folder is written whole or not at all: not even its good sequences are left
     assert not (tmp_path / "results" / "convert" / victim["center"] / victim["subject"]).exists()
     others = [r for _, r in sheet.iterrows() if r["subject"] != victim["subject"]]
