@@ -138,6 +138,21 @@ def test_second_run_has_nothing_to_do(tiny_cohort: Path, tiny_run: Path) -> None
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
+@pytest.mark.fault
+def test_a_moved_project_reruns_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    """The whole run moved elsewhere with its sheet (N001's DICOM inside it, the cohort's outside): no
+    rule parameter holds a path that moved, the source links still lead where the sheet says."""
+    moved = tmp_path / "moved project"
+    shutil.copytree(tiny_run, moved, symlinks=True)
+    sheet = (moved / "samples.tsv").read_text().replace(str(tiny_run), str(moved))
+    (moved / "samples.tsv").write_text(sheet)
+    config = (moved / "config.yaml").read_text().replace(str(tiny_run), str(moved))
+    (moved / "config.yaml").write_text(config)
+    done = snakemake(moved, "-n", "--configfile", str(moved / "config.yaml"), timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Nothing to be done" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+
+
 def test_one_center_can_be_redone_alone(tiny_cohort: Path, tiny_run: Path, tmp_path: Path) -> None:
     """`--config center=A --forcerun convert` redoes center A and touches nothing of B and C.
 

@@ -209,6 +209,12 @@ def link_sources(subjects: Iterable[Subject], root: str | Path = SOURCES_ROOT, s
             _point(source_link(subject, sequence, root), target)
 
 
+def portable_path(path: str | Path) -> str:
+    """`path` relative to the working folder when it lies inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))
+    return os.path.relpath(absolute) if absolute.is_relative_to(Path.cwd()) else str(absolute)
+
+
 def _point(link: Path, target: Path) -> None:
     """Make `link` a symlink to `target` atomically: relative when the target lies under the working
     folder (a moved project keeps it), absolute otherwise."""

@@ -11,7 +11,7 @@ rule calibrate:
     wildcard_constraints:
         fold="[0-9]+",
     params:
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
     threads: config["threads"]["infer"]
     resources:
         mem_mb=calibrate_mem_mb,
@@ -36,7 +36,7 @@ rule infer:
     wildcard_constraints:
         fold="[0-9]+",
     params:
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
         harmonise=json.dumps(config["harmonise"]),
         subsets=experiment_subsets,
     threads: config["threads"]["infer"]
@@ -66,7 +66,7 @@ rule evaluate:
     wildcard_constraints:
         fold="[0-9]+",
     params:
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
         options=json.dumps(config["evaluation"], sort_keys=True),
     threads: 1
     resources:
@@ -106,7 +106,7 @@ rule tables:
         title=table_title,
         experiments=table_experiments,
         subsets=table_subsets,
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
         options=json.dumps(config["evaluation"], sort_keys=True),
     threads: 1
     resources:

@@ -17,7 +17,7 @@ rule splits:
     wildcard_constraints:
         split="monocentric|loco",
     params:
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
         options=split_options(),
         seed=config["seed"],
     threads: 1
@@ -53,7 +53,7 @@ rule train:
     wildcard_constraints:
         fold="[0-9]+",
     params:
-        sheet=config["samples"],
+        sheet=SHEET_PARAM,
         options=train_options,
         # not key-sorted: the order of harmonise.channels is the stacks' channel order, the model's too
         harmonise=json.dumps(config["harmonise"]),
