@@ -46,7 +46,7 @@ define run_chain
 	@echo "Report (tables, figures, learning curves): $(CURDIR)/results/report.html"
 	@echo "Tables (CSV, Markdown, LaTeX), figures:    $(CURDIR)/results/tables/"
 	@echo "Models, cards, learning curves:            $(CURDIR)/results/models/<experiment>/fold<k>/"
-	@echo "Predictions:                               $(CURDIR)/results/predict/<experiment>/fold<k>/<subset>/"
+	@echo "Held-out predictions:                      $(CURDIR)/results/heldout/<experiment>/fold<k>/<subset>/"
 	@echo "Model-ready stacks:                        $(CURDIR)/results/harmonise/<center>/<subject>/stack.nii.gz"
 	@echo "QC per subject / per center:               $(CURDIR)/results/qc/"
 endef
