@@ -142,12 +142,17 @@ def _geometry(image: nib.Nifti1Image) -> dict[str, Any]:
     }
 
 
+def uid_fingerprint(series_uid: str) -> str:
+    """A series UID as the sidecars keep it (hashed): compared, never read back."""
+    return hashlib.sha256(series_uid.encode()).hexdigest()
+
+
 def fingerprints(series_uid: str, data: np.ndarray) -> dict[str, str]:
     """What finds one scan under two pseudonyms (`thrombus duplicate-scans`): its series UID and its
     voxels, both hashed, since a UID in the clear links back to the source archive."""
     voxels = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
     voxels.update(np.ascontiguousarray(data).tobytes())
-    return {"series_uid_sha256": hashlib.sha256(series_uid.encode()).hexdigest(), "voxels_sha256": voxels.hexdigest()}
+    return {"series_uid_sha256": uid_fingerprint(series_uid), "voxels_sha256": voxels.hexdigest()}
 
 
 def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: PathLike, record_path: PathLike | None = None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ source's identifiers (a site that sends the object back into its own PACS, where
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,20 +36,17 @@ class SegmentationError(UserError, ValueError):
     """A source series that a DICOM Segmentation cannot be built over; the message names subject and folder."""
 
 
-def _uid_digest(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()
-
-
 def reference_datasets(folder: Path, series_uid_sha256: str | None, what: str) -> tuple[list[Any], set[str]]:
     """The headers of the reference series under `folder` (the one whose UID hashes to the conversion's
     fingerprint, or the only one there), ordered along the slice normal, and the identifying strings
     found in them."""
     import pydicom
 
+    from thrombus.convert.sequence import uid_fingerprint
     from thrombus.convert.series import scan_series
 
     found = scan_series(folder, what, recursive=True)
-    chosen = [s for s in found if series_uid_sha256 and _uid_digest(s.uid) == series_uid_sha256]
+    chosen = [s for s in found if series_uid_sha256 and uid_fingerprint(s.uid) == series_uid_sha256]
     if not chosen and len(found) == 1 and not series_uid_sha256:
         chosen = found
     if len(chosen) != 1:

@@ -182,10 +182,9 @@ def overlap_fraction(ants: ModuleType, fixed_mask: Any, moving: Any) -> float:
     return float(np.count_nonzero(on_fixed.numpy()[brain] > 0) / np.count_nonzero(brain))
 
 
-def centre_gap(ants: ModuleType, fixed: Any, moving: Any) -> float:
-    """Distance (mm, scanner space) between the centres of the two images' intensity masks."""
-    centres = [np.asarray(ants.get_center_of_mass(ants.get_mask(image)), dtype=float) for image in (fixed, moving)]
-    return float(np.linalg.norm(centres[0] - centres[1]))
+def head_centre(ants: ModuleType, image: Any) -> np.ndarray:
+    """Centre (mm, scanner space) of an image's intensity mask: where its head lies."""
+    return np.asarray(ants.get_center_of_mass(ants.get_mask(image)), dtype=float)
 
 
 def mask_dice(ants: ModuleType, fixed_mask: Any, moving_mask: Any, transform: PathLike) -> float:
@@ -238,7 +237,8 @@ def register(
         (options.fallback_iterations, options.fallback_shrink_factors, options.fallback_smoothing_sigmas),
     ]
     metric_fixed, metric_mask = metric_grid(ants, fixed, fixed_mask, options.metric_spacing_mm)
-    gap = centre_gap(ants, fixed, moving)
+    fixed_centre = head_centre(ants, fixed)
+    gap = float(np.linalg.norm(fixed_centre - head_centre(ants, moving)))
     starts = ["identity", "centres"] if gap > options.centre_start_mm else ["identity"]
     best: Registration | None = None
     attempt = 0
@@ -259,7 +259,7 @@ def register(
             best.attempts = attempt
             if not _looks_failed(best, options):
                 break
-        best.centre_gap_after_mm = centre_gap(ants, fixed, best.warped)
+        best.centre_gap_after_mm = float(np.linalg.norm(fixed_centre - head_centre(ants, best.warped)))
         if fixed_mask is not None and moving_mask is not None:
             best.mask_dice = mask_dice(ants, fixed_mask, moving_mask, best.transform)
         if transform_out is None:
