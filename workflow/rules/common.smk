@@ -18,7 +18,7 @@ SHEET = sheets.check_sheet(_RAW_SHEET, config, source=config["samples"])
 SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, config)}
 ALL_SUBJECTS = {s.subject: s for s in sheets.subjects(SHEET, {**config, "center": None})}
 sheets.link_sources(ALL_SUBJECTS.values(), source=config["samples"])
-# The sheet as rule parameter: relative to the working folder when it lies inside it, so that a project
+# The sheet as a rule parameter is relative to the working folder when it lies inside it, so that a project
 # moved with its sheet keeps its parameters and reruns nothing.
 SHEET_PARAM = sheets.portable_path(config["samples"])
 LABELLED = exps.labelled(ALL_SUBJECTS.values())
