@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     """Subcommands that live with their stage's package (each registers its own parsers)."""
+    from thrombus.bids_sheet import add_sheet_parser
     from thrombus.convert.cli import add_convert_parsers
     from thrombus.evaluation.cli import add_evaluation_parsers
     from thrombus.inference.calibrate import add_calibrate_parser
@@ -41,6 +42,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     from thrombus.training.cli import add_train_parser
 
     add_synth_parser(commands)
+    add_sheet_parser(commands)
     add_convert_parsers(commands)
     add_preprocess_parsers(commands)
     add_train_parser(commands)

@@ -175,8 +175,18 @@ def subjects(sheet: pd.DataFrame, config: Mapping[str, Any]) -> list[Subject]:
     return rows
 
 
+#: A sequence cell naming a file with one of these endings is a NIfTI image (a BIDS dataset), imported as is.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | Path) -> bool:
+    """Whether `path` (or the file a source link points at) is a NIfTI file."""
+    real = Path(os.path.realpath(path))
+    return real.is_file() and real.name.lower().endswith(NIFTI_SUFFIXES)
+
+
 def series_folder(subject: Subject, sequence: str) -> str:
-    """The folder a sequence's conversion reads: its series folder, or the subject's folder for `auto`."""
+    """What a sequence's conversion reads: its series folder (or NIfTI file), or the subject's folder for `auto`."""
     value = subject.series[sequence]
     if value == "auto":
         return subject.dicom_dir
@@ -201,9 +211,10 @@ def link_sources(subjects: Iterable[Subject], root: str | Path = SOURCES_ROOT, s
     for subject in subjects:
         for sequence in subject.sequences:
             target = Path(series_folder(subject, sequence))
-            if not target.is_dir():
+            if not (target.is_dir() or is_nifti(target)):
+                what = "NIfTI file" if target.name.lower().endswith(NIFTI_SUFFIXES) else "DICOM folder"
                 raise SampleSheetError(
-                    f"{source}: center {subject.center}, subject {subject.subject}, {sequence}: DICOM folder "
+                    f"{source}: center {subject.center}, subject {subject.subject}, {sequence}: {what} "
                     f"{target} does not exist; check the sample sheet"
                 )
             _point(source_link(subject, sequence, root), target)

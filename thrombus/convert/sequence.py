@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tempfile
 from collections.abc import Mapping
@@ -15,10 +14,12 @@ import numpy as np
 
 from thrombus.convert import dcm2niix
 from thrombus.convert.diffusion import adc_map, trace_image
+from thrombus.convert.fingerprints import fingerprints, geometry, uid_fingerprint  # noqa: F401 (uid_fingerprint re-exported)
+from thrombus.convert.nifti_source import import_sequence, is_nifti
 from thrombus.convert.series import NoSeriesMatch, Series, check_slices, match_series, scan_series, single_series
 from thrombus.convert.sidecar import scrub_sidecar, scrub_text
 from thrombus.io import PathLike, sha256_files, write_json
-from thrombus.nifti import check_volume, orientation, save_nifti
+from thrombus.nifti import check_volume, save_nifti
 from thrombus.provenance import StepRecord, package_versions
 
 AUTO = "auto"
@@ -62,10 +63,13 @@ def find_series(request: ConvertRequest) -> Series:
                 raise
         # no scanner ADC: the ADC is computed from the DWI series' b-values (`choose_output`)
         return match_series(found, request.patterns, "dwi", request.what, request.dicom_dir)
-    folder = Path(request.series)
-    if not folder.is_absolute():
-        folder = request.dicom_dir / folder
-    return single_series(folder, request.what)
+    return single_series(selected_path(request), request.what)
+
+
+def selected_path(request: ConvertRequest) -> Path:
+    """The series folder (or NIfTI file) the sheet names, relative to the subject's folder."""
+    path = Path(request.series)
+    return path if path.is_absolute() else request.dicom_dir / path
 
 
 def _image_like(data: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -133,30 +137,14 @@ def choose_output(outputs: list[dcm2niix.Dcm2niixOutput], request: ConvertReques
     return Converted(_squeeze(nib.load(str(chosen.nifti))), chosen.sidecar, f"as converted: {chosen.nifti.name}")
 
 
-def _geometry(image: nib.Nifti1Image) -> dict[str, Any]:
-    return {
-        "shape": [int(n) for n in image.shape],
-        "spacing_mm": [round(float(z), 4) for z in image.header.get_zooms()[:3]],
-        "orientation": orientation(image.affine),
-        "dtype": str(image.get_data_dtype()),
-    }
-
-
-def uid_fingerprint(series_uid: str) -> str:
-    """A series UID as the sidecars keep it (hashed): compared, never read back."""
-    return hashlib.sha256(series_uid.encode()).hexdigest()
-
-
-def fingerprints(series_uid: str, data: np.ndarray) -> dict[str, str]:
-    """What finds one scan under two pseudonyms (`thrombus duplicate-scans`): its series UID and its
-    voxels, both hashed, since a UID in the clear links back to the source archive."""
-    voxels = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
-    voxels.update(np.ascontiguousarray(data).tobytes())
-    return {"series_uid_sha256": uid_fingerprint(series_uid), "voxels_sha256": voxels.hexdigest()}
-
-
 def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: PathLike, record_path: PathLike | None = None) -> dict[str, Any]:
-    """Convert one sequence; writes the NIfTI, its scrubbed sidecar and the step record (all atomic)."""
+    """Convert one sequence; writes the NIfTI, its scrubbed sidecar and the step record (all atomic).
+    A sheet cell naming a NIfTI file (a BIDS dataset) is imported instead (`nifti_source`)."""
+    if request.series != AUTO and is_nifti(selected_path(request)):
+        done = import_sequence(request, selected_path(request), out_nifti, out_sidecar)
+        if record_path is not None:
+            write_json(record_path, done)
+        return done
     record = StepRecord("convert", subject=request.subject, center=request.center)
     series = find_series(request)
     notes = check_slices(series, request.what)
@@ -187,7 +175,7 @@ def convert_sequence(request: ConvertRequest, out_nifti: PathLike, out_sidecar: 
         }
         save_nifti(converted.image, out_nifti)
         write_json(out_sidecar, sidecar)
-    record.outputs = {"nifti": str(out_nifti), **_geometry(converted.image)}
+    record.outputs = {"nifti": str(out_nifti), **geometry(converted.image)}
     record.qc = {
         "note": converted.note,
         "dcm2niix_outputs": [f"{o.nifti.name} {list(o.shape)}" for o in outputs],

@@ -42,7 +42,7 @@ def reference_datasets(folder: Path, series_uid_sha256: str | None, what: str) -
     found in them."""
     import pydicom
 
-    from thrombus.convert.sequence import uid_fingerprint
+    from thrombus.convert.fingerprints import uid_fingerprint
     from thrombus.convert.series import scan_series
 
     found = scan_series(folder, what, recursive=True)

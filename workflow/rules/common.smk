@@ -78,7 +78,10 @@ def prediction_targets():
     centers = sorted({s.center for s in unlabelled_subjects()})
     bids = [f"results/bids/sub-{s.subject}/anat/sub-{s.subject}_space-{reference_of(s.subject)}_label-thrombus_mask.nii.gz"
             for s in unlabelled_subjects()]
-    return ([f"{f}/{name}" for f in folders for name in ("mask.nii.gz", "thrombus_seg.dcm", "overview.png")] + bids
+    # a DICOM SEG references the reference series' DICOM instances: none when the sheet gave NIfTI (BIDS)
+    segs = [f"results/predictions/{s.center}/{s.subject}/thrombus_seg.dcm" for s in unlabelled_subjects()
+            if not sheets.is_nifti(sheets.series_folder(s, reference_of(s.subject)))]
+    return ([f"{f}/{name}" for f in folders for name in ("mask.nii.gz", "overview.png")] + segs + bids
             + [f"results/predictions/{c}/measurements.tsv" for c in centers])
 
 
