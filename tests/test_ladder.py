@@ -29,6 +29,9 @@ def test_rungs_keep_scored_subjects_out_of_training_and_the_held_out_center_apar
     mono = specs["monocentric"]
     assert not set(mono.train) & set(mono.scored) and {s[0] for s in mono.train + mono.scored} == {"A", "B"}
     assert len(mono.scored) == 8 and sum(s.endswith(("000", "004", "008")) for s in mono.scored) == 2, "both labels, per center"
+    mixed = specs["mixed"]
+    assert not set(mixed.train) & set(mixed.scored) and {s[0] for s in mixed.scored} == {"C"}
+    assert len(mixed.scored) == 6 and len([s for s in mixed.train if s[0] == "C"]) == 6 and set(mono.train + mono.scored) < set(mixed.train)
     loco = specs["loco"]
     assert len(loco.train) == 24 and loco.scored == tuple(f"C{i:03d}" for i in range(12))
     assert rung_specs({"train_centers": ["A", "B"], "held_out": ["C"]}, pool(), seed=3)[1] == mono, "fixed by the seed"
@@ -56,11 +59,12 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
     config.write_text(yaml.safe_dump({"ladder": {
         "samples": str(cohort / "samples.tsv"), "train_centers": ["A", "B"], "held_out": ["C"],
         "overfit": {"iterations": 6, "eval_every": 3}, "monocentric": {"iterations": 4, "eval_every": 4},
-        "loco": {"iterations": 4, "eval_every": 2}, "recipes": {"tiny": recipe}}}))
+        "mixed": {"iterations": 2, "eval_every": 2}, "loco": {"iterations": 4, "eval_every": 2},
+        "recipes": {"tiny": recipe}}}))
     base = {"model": TINY_MODEL.to_dict(), "train": {}, "harmonise": HARMONISE}
     settings = load_ladder_config(config, base)
     results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234")
-    assert [(r.rung, len(r.points)) for r in results] == [("overfit", 2), ("monocentric", 1), ("loco", 2)]
+    assert [(r.rung, len(r.points)) for r in results] == [("overfit", 2), ("monocentric", 1), ("mixed", 1), ("loco", 2)]
     assert all(r.whole_slices is not None and r.commit == "abc1234" for r in results)
     assert all(p.cpu_seconds > 0 and 0.0 <= p.dice <= 1.0 for r in results for p in r.points)
     assert read_results(tmp_path / "out" / "ladder.json") == results

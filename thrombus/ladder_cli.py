@@ -65,7 +65,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
 
 def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `ladder` subcommand."""
-    ladder = subparsers.add_parser("ladder", help="learnability ladder of training recipes (overfit, monocentric, loco)")
+    ladder = subparsers.add_parser("ladder", help="learnability ladder of training recipes (overfit, monocentric, mixed, loco)")
     ladder.add_argument("--config", default="config/ladder.yaml", help="the ladder's rungs and recipes")
     ladder.add_argument("--workflow-config", default="config/config.yaml", help="model/train/harmonise sections the recipes override")
     ladder.add_argument("--samples", default=None, help="sample sheet (default: the ladder config's, else the workflow's)")
