@@ -5,8 +5,8 @@ $XDG_CONFIG_HOME/snakemake/slurm), filled for the test cluster (account, partiti
 short timings), and found by name. The cluster (tests/slurm_cluster.py) is one node with 2 CPUs
 and one advertised fake GPU.
 
-* one center's preprocessing (`--config center=A`);
-* `all` with training, inference, evaluation and a table (smoke config), GPU rules on the GPU;
+* one center's preprocessing (`--config center=A`), then `all` with training, inference, evaluation and
+  a table (smoke config), GPU rules on the GPU;
 * a job failing in thrombus code is FAILED in sacct and stops the run, naming the rule and its log.
 """
 
@@ -56,33 +56,6 @@ def _tail(run, cluster, rows=None, lines: int = 80) -> str:
     return (f"\nsnakemake rc={run.returncode} after {run.seconds:.0f}s: {' '.join(run.cmd)}\n"
             "--- snakemake output (tail) ---\n" + "\n".join(run.output.splitlines()[-lines:]) +
             ("\n--- sacct ---\n" + "\n".join(map(str, rows)) if rows is not None else "") + "\n" + cluster.diagnostics())
-
-
-def test_workflow_runs_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: F811
-    env = _install_site_profile(tmp_path, slurm_cluster)
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    config = write_config(workdir / "config.yaml", samples=str(tiny_cohort / "samples.tsv"), center="A")
-    run = slurm_cluster.snakemake(["all", "-s", str(REPO / "Snakefile"), "--profile", "slurm", "--configfile", str(config)],
-                                  cwd=workdir, timeout=1500, extra_env=env)
-    print(f"\nsnakemake --profile slurm all (center A preprocessing) took {run.seconds:.0f}s")
-    tail = "\n".join(run.output.splitlines()[-80:])
-    assert run.returncode == 0, tail + slurm_cluster.diagnostics()
-    assert run.run_id, "no SLURM run ID in the output: the slurm executor was not used\n" + tail
-    for subject in ("A001", "A002"):
-        assert (workdir / f"results/harmonise/A/{subject}/stack.nii.gz").exists()
-    assert (workdir / "results/qc/A/preprocess.tsv").exists()
-    assert not (workdir / "results/harmonise/B").exists()
-    rows = slurm_cluster.sacct_run(run.run_id)
-    rules = sorted(r["Comment"].split("_wildcards")[0] for r in rows)
-    assert rows and all(r["State"] == "COMPLETED" for r in rows), rows
-    # every non-local job went through sbatch: conversion, skull stripping, registration, harmonisation
-    for rule in ("rule_convert", "rule_skullstrip", "rule_register", "rule_brainmask", "rule_harmonise"):
-        assert rule in rules, rules
-    assert "rule_qc_center" not in rules, "qc_center is a local rule"
-    sheet = read_sheet(tiny_cohort / "samples.tsv")
-    center_a = sheet[sheet["center"] == "A"]
-    assert rules.count("rule_convert") == len(center_a) and rules.count("rule_harmonise") == len(center_a), rules
 
 
 @pytest.mark.fault
@@ -161,9 +134,31 @@ def _lean_smoke_config(cohort: Path, dest: Path) -> tuple[Path, str]:
     return write_config(dest / "config.yaml", **config), table
 
 
+def _one_center_first(cluster, env: dict[str, str], workdir: Path, config: Path, cohort: Path) -> None:
+    """`--config center=A`: center A's preprocessing alone, every job through sbatch and COMPLETED, center B
+    untouched (what a site does when one center sends new scans); the `all` run after it reuses it."""
+    run = cluster.snakemake(["all", "-s", str(REPO / "Snakefile"), "--profile", "slurm", "--configfile", str(config),
+                             "--config", "center=A"], cwd=workdir, timeout=1500, extra_env=env)
+    print(f"\nsnakemake --profile slurm all (center A preprocessing) took {run.seconds:.0f}s")
+    assert run.returncode == 0, _tail(run, cluster)
+    assert run.run_id, "no SLURM run ID in the output: the slurm executor was not used" + _tail(run, cluster)
+    center_a = read_sheet(cohort / "samples.tsv").query("center == 'A'")
+    for subject in center_a["subject"]:
+        assert (workdir / f"results/harmonise/A/{subject}/stack.nii.gz").exists(), subject
+    assert (workdir / "results/qc/A/preprocess.tsv").exists() and not (workdir / "results/harmonise/B").exists()
+    rows = cluster.sacct_run(run.run_id)
+    rules = sorted(rule_of(r) for r in rows)
+    assert rows and all(r["State"] == "COMPLETED" for r in rows), rows
+    for rule in ("convert", "skullstrip", "register", "brainmask", "harmonise"):
+        assert rule in rules, rules
+    assert "qc_center" not in rules, "qc_center is a local rule"
+    assert rules.count("convert") == len(center_a) and rules.count("harmonise") == len(center_a), rules
+
+
 def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_path: Path) -> None:  # noqa: F811
-    """`snakemake --profile slurm all`: preprocessing, training, inference, evaluation and a table, every job an
-    sbatch job COMPLETED in sacct, train and infer with the fake GPU, the other rules without one."""
+    """One center's preprocessing first (`--config center=A`), then `snakemake --profile slurm all`: the other
+    center's preprocessing, training, inference, evaluation and a table, every job an sbatch job COMPLETED
+    in sacct, train and infer with the fake GPU, the other rules without one."""
     cluster = slurm_cluster
     env = _install_site_profile(tmp_path, cluster)
     # The shipped workflow profile asks cpus_per_gpu: 4, which a 2-CPU node cannot give (sbatch: "Requested node
@@ -173,6 +168,7 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
     workdir = tmp_path / "run"
     workdir.mkdir()
     config, table = _lean_smoke_config(tiny_cohort, workdir)
+    _one_center_first(cluster, env, workdir, config, tiny_cohort)
     run = cluster.snakemake(["all", "-s", str(REPO / "Snakefile"), "--profile", "slurm", "--workflow-profile", str(wprofile),
                              "--configfile", str(config)], cwd=workdir, timeout=1800, extra_env=env)
     print(f"\nsnakemake --profile slurm all (smoke config, centers A+B, training) took {run.seconds:.0f}s")

@@ -31,6 +31,7 @@ from thrombus.training.splits import (
     ensure_splits,
     labelled_subjects,
     make_splits,
+    read_splits,
 )
 from thrombus.training.options import TrainOptions
 from thrombus.training.trainer import TrainRun, batches, train
@@ -140,12 +141,31 @@ def test_split_file_is_reused_and_refused_when_subjects_change(tmp_path: Path) -
     text = path.read_text()
     assert ensure_splits(path, subjects_, "loco", 99, SplitOptions()) == written, "an existing file is kept, whatever the seed"
     assert path.read_text() == text
-    changed = subjects_[:-1] + [Labelled("D000", "D", True)]
-    with pytest.raises(SplitsError, match=r"another subject list.*new subjects D000.*C003.*delete the file"):
+    changed = subjects_[:-1] + [Labelled("C900", "C", True)]
+    with pytest.raises(SplitsError, match=r"another subject list.*subjects no longer in the sheet C003.*delete the file"):
         ensure_splits(path, changed, "loco", 1, SplitOptions())
+    assert path.read_text() == text, "refused before anything was written"
+    with pytest.raises(SplitsError, match=r"center\(s\) D, which no fold tests"):
+        ensure_splits(path, subjects_ + [Labelled("D000", "D", True)], "loco", 1, SplitOptions())
     relabelled = subjects_[:-1] + [Labelled(subjects_[-1].subject, "C", not subjects_[-1].positive)]
     with pytest.raises(SplitsError, match=subjects_[-1].subject):
         ensure_splits(path, relabelled, "loco", 1, SplitOptions())
+    assert path.read_text() == text
+
+
+def test_new_subjects_join_the_split_as_test_subjects_of_their_center(tmp_path: Path) -> None:
+    """A center sends new scans: they are tested by the fold holding out their center, train nowhere."""
+    path = tmp_path / "loco.json"
+    subjects_ = labelled_cohort(4)
+    written = ensure_splits(path, subjects_, "loco", 1, SplitOptions())
+    grown = subjects_ + [Labelled("C900", "C", True), Labelled("A900", "A", False)]
+    extended = ensure_splits(path, grown, "loco", 1, SplitOptions())
+    assert extended["added"] == ["A900", "C900"] and read_splits(path, grown) == extended
+    for before, after in zip(written["folds"], extended["folds"]):
+        assert (after["train"], after["val"]) == (before["train"], before["val"]), "no training set changed"
+        joining = {"A": ["A900"], "B": [], "C": ["C900"]}[after["test_centers"][0]]
+        assert after["test"] == sorted(before["test"] + joining)
+    assert ensure_splits(path, grown, "loco", 1, SplitOptions()) == extended, "kept as it is from then on"
 
 
 # --- loader -------------------------------------------------------------------------------------------

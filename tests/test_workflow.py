@@ -12,6 +12,7 @@ import pandas as pd
 import numpy as np
 import pytest
 
+from browser import browser  # noqa: F401 (pytest fixture)
 from conftest import REPO, smoke_config, snakemake, write_config
 from thrombus.samples import read_sheet
 
@@ -41,6 +42,13 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
     table = dry_run_output.split("Job stats:")[1].split("Reasons:")[0]
     return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines())
             if len(parts) == 2 and parts[1].isdigit()}
+
+
+def _started(output: str) -> dict[str, int]:
+    """Rule -> number of jobs a real run started (its job headers; the `Job stats` table printed before a
+    checkpoint ran still lists jobs the updated DAG drops)."""
+    found = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", output, flags=re.M)
+    return {rule: found.count(rule) for rule in set(found)}
 
 
 @pytest.mark.parametrize("overlay, trainings", [(None, 1), ("paper.yaml", 12)])
@@ -113,7 +121,8 @@ def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, 
     model = tiny_run / used  # the model the labelled run predicted N001 with (inference.experiment / fold)
     rows = read_sheet(tiny_run / "samples.tsv")
     sheet = tmp_path / "samples.tsv"
-    rows[rows["subject"] == "N001"].to_csv(sheet, sep="\t", index=False)
+    bids_rows = read_sheet(_as_bids(tiny_run / "results" / "convert" / "A" / "N001", tmp_path, "N901"))
+    pd.concat([rows[rows["subject"] == "N001"], bids_rows]).to_csv(sheet, sep="\t", index=False)
     config = write_config(tmp_path / "config.yaml", **smoke_config(samples=str(sheet), inference={"checkpoint": str(model)}))
     done = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(config), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -123,12 +132,36 @@ def test_prediction_mode_takes_new_subjects_from_dicom_to_masks(tiny_run: Path, 
     assert not (tmp_path / "results" / "models").exists() and not (tmp_path / "results" / "tables").exists()
     readout = json.loads((mask.parent / "measurements.json").read_text())
     table = pd.read_csv(tmp_path / "results" / "predictions" / "A" / "measurements.tsv", sep="\t")
-    assert list(table["subject"]) == ["N001"] and bool(table["found"][0]) == (readout["thrombus"] is not None)
+    assert list(table["subject"]) == ["N001", "N901"] and bool(table["found"][0]) == (readout["thrombus"] is not None)
     assert (mask.parent / "thrombus_seg.dcm").exists() and (mask.parent / "overview.png").exists()
     from test_bids import validate
 
     assert list((tmp_path / "results" / "bids" / "sub-N001" / "anat").glob("*_label-thrombus_mask.nii.gz"))
     assert validate(tmp_path / "results" / "bids")["errors"] == []
+    # the same scans given as a BIDS dataset: the same mask, and no DICOM SEG (no DICOM to reference)
+    from_bids = tmp_path / "results" / "predictions" / "A" / "N901"
+    np.testing.assert_array_equal(np.asarray(nib.load(from_bids / "mask.nii.gz").dataobj), np.asarray(nib.load(mask).dataobj))
+    assert (from_bids / "overview.png").exists() and not (from_bids / "thrombus_seg.dcm").exists()
+    assert "N001, N901" in (tmp_path / "results" / "qc" / "duplicate_scans.tsv").read_text()
+
+
+#: The pipeline's sequences as BIDS names (datatype folder, entities and suffix).
+BIDS_NAMES = {"swi": "swi/{s}_swi", "t2star": "anat/{s}_T2starw", "dwi": "dwi/{s}_dwi", "adc": "dwi/{s}_adc",
+              "flair": "anat/{s}_FLAIR", "t1": "anat/{s}_T1w"}
+
+
+def _as_bids(converted: Path, root: Path, subject: str) -> Path:
+    """A subject's converted sequences laid out as a BIDS dataset, and the sheet `thrombus sheet --bids` writes."""
+    from thrombus.cli import main
+
+    for image in converted.glob("*.nii.gz"):
+        sequence = image.name.removesuffix(".nii.gz")
+        target = root / "bids" / f"sub-{subject}" / f"{BIDS_NAMES[sequence].format(s=f'sub-{subject}')}.nii.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+        shutil.copy(image.with_name(f"{sequence}.json"), target.with_name(target.name.replace(".nii.gz", ".json")))
+    assert main(["sheet", "--bids", str(root / "bids"), "--center", "A", "--out", str(root / "bids.tsv")]) == 0
+    return root / "bids.tsv"
 
 
 @pytest.mark.fault
@@ -151,6 +184,37 @@ def test_a_moved_project_reruns_nothing(tiny_run: Path, tmp_path: Path) -> None:
     done = snakemake(moved, "-n", "--configfile", str(moved / "config.yaml"), timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Nothing to be done" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+
+
+def test_a_center_sending_a_new_labelled_subject_retrains_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    """A labelled subject added to center C (a copy of C's first subject, from its own folder): it is
+    converted, preprocessed, joins the split files as a test subject of the fold holding out C, and is
+    scored there; no model trains or recalibrates, and the other folds' evaluations are redone only
+    because the split file they read grew."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    rows = read_sheet(copy / "samples.tsv")
+    new = rows[(rows["center"] == "C") & (rows["thrombus"] == "1")].iloc[0].copy()
+    shutil.copytree(new["dicom_dir"], tmp_path / "incoming" / "C901")
+    new["subject"], new["dicom_dir"] = "C901", str(tmp_path / "incoming" / "C901")
+    pd.concat([rows, new.to_frame().T], ignore_index=True).to_csv(copy / "samples.tsv", sep="\t", index=False)
+    (copy / "samples.tsv").write_text((copy / "samples.tsv").read_text().replace(str(tiny_run), str(copy)))
+    (copy / "config.yaml").write_text((copy / "config.yaml").read_text().replace(str(tiny_run), str(copy)))
+    models = {path: path.read_bytes() for path in (copy / "results" / "models").rglob("*.pt")}
+    calibrations = {path: path.read_bytes() for path in (copy / "results" / "models").rglob("postprocessing.json")}
+    done = snakemake(copy, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(copy / "config.yaml"), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran = _started(done.stdout + done.stderr)
+    assert "train" not in ran and "calibrate" not in ran, ran
+    assert ran["convert"] == 1 and ran["splits"] >= 1 and ran["infer"] >= 1, ran
+    assert all(path.read_bytes() == data for path, data in {**models, **calibrations}.items())
+    for split in (copy / "results" / "splits").glob("*.json"):
+        document = json.loads(split.read_text())
+        assert document["added"] == ["C901"]
+        assert all(("C901" in fold["test"]) == (fold["test_centers"] == ["C"]) for fold in document["folds"])
+        assert not any("C901" in fold["train"] + fold["val"] for fold in document["folds"])
+    scored = pd.concat([pd.read_csv(path, sep="\t") for path in (copy / "results" / "evaluation").rglob("*.tsv")])
+    assert "C901" in set(scored["subject"])
 
 
 def test_one_center_can_be_redone_alone(tiny_cohort: Path, tiny_run: Path, tmp_path: Path) -> None:
@@ -270,26 +334,16 @@ def test_missing_sequences_are_removed_at_test_time(tiny_run: Path) -> None:
         assert post["chosen_on"] == card["training"]["split"]["val"], (post, card["training"]["split"])
 
 
-@pytest.mark.slow
-def test_tables_are_byte_identical_when_rerun(tiny_run: Path, tmp_path: Path) -> None:
-    """Same config and data: models retrained from scratch, predictions and tables byte for byte the same."""
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy, symlinks=True)
-    for folder in ("models", "heldout", "evaluation", "tables"):
-        shutil.rmtree(copy / "results" / folder)
-    done = snakemake(copy, "--profile", str(REPO / "profiles" / "local"), "--configfile", str(copy / "config.yaml"), timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    compared = 0
-    for path in sorted((tiny_run / "results" / "tables").glob("*.*")):
-        assert path.read_bytes() == (copy / "results" / "tables" / path.name).read_bytes(), path.name
-        compared += 1
-    assert compared >= 9
-
-
-def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, tiny_run: Path, tmp_path: Path) -> None:
-    report = tmp_path / "report.html"
+@pytest.fixture(scope="module")
+def report(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Snakemake's HTML report of the tiny run."""
+    report = tmp_path_factory.mktemp("report") / "report.html"
     done = snakemake(tiny_run, "--configfile", str(tiny_run / "config.yaml"), "--report", str(report), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return report
+
+
+def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, report: Path) -> None:
     html = report.read_text(errors="replace")
     for name in ("multicentric.html", "multicentric_per_center.html", "ablation_overlays.png", "learning_curves.png",
                  "Matching rule", "preprocess.png", "overview.png"):
@@ -300,6 +354,26 @@ def test_html_report_holds_the_tables_and_no_identifier(tiny_cohort: Path, tiny_
             if len(part) >= 4 and part != "SYNTH":
                 # whole words: the report's bundled licence texts say "THEORY", a fake name may be "THEO"
                 assert not re.search(rf"\b{re.escape(part)}\b", html), part
+
+
+def test_html_report_shows_every_table_and_picture_in_a_browser(report: Path, tiny_run: Path, browser) -> None:
+    """Every result of every category, opened as a reader would (category, then each label toggle, then
+    the eye), shows its content: tables with rows and their notes, pictures that decoded."""
+    from report_browser import open_every_result
+
+    shown = open_every_result(browser, report)
+    by_category = {}
+    for item in shown:
+        by_category.setdefault(item["category"], []).append(item)
+    assert {"Tables", "Figures", "QC", "Training", "Predictions"} <= set(by_category), sorted(by_category)
+    broken = [item for item in shown if not item["ok"]]
+    assert not broken, broken
+    tables = [item for item in by_category["Tables"] if item["kind"] == "table"]
+    assert len(tables) >= 2 and all(item["rows"] >= 1 and item["notes"] for item in tables), by_category["Tables"]
+    assert len(by_category["Training"]) == len(list((tiny_run / "results" / "models").rglob("learning_curves.png")))
+    files = {item["file"] for item in shown}
+    assert {"multicentric.html", "multicentric_per_center.html", "overview.png", "learning_curves.png", "preprocess.png"} <= files, files
+    assert all(item["kind"] == "image" for c in ("Figures", "QC", "Training", "Predictions") for item in by_category[c])
 
 
 def test_new_subject_without_label_is_predicted_not_trained_on(tiny_run: Path) -> None:

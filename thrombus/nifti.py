@@ -41,6 +41,17 @@ def save_array(data: np.ndarray, affine: np.ndarray, target: PathLike, dtype: ty
     return save_nifti(image, target)
 
 
+def image_like(data: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A float32 image on the grid of `source` (qform and sform kept with their codes): a derived image
+    (DWI trace, ADC) keeps the scanner geometry of the series it came from."""
+    header = source.header.copy()
+    header.set_data_dtype(np.float32)
+    image = nib.Nifti1Image(data.astype(np.float32), source.affine, header)
+    image.set_qform(source.get_qform(), code=int(source.header["qform_code"]))
+    image.set_sform(source.get_sform(), code=int(source.header["sform_code"]))
+    return image
+
+
 def check_volume(data: np.ndarray, path: PathLike, what: str = "volume", allow_4d: bool = False) -> None:
     """Raise VolumeError for data no step can use; `what` names the subject and sequence."""
     if data.size == 0:

@@ -24,7 +24,7 @@ from thrombus.convert.fingerprints import fingerprints, geometry
 from thrombus.convert.sidecar import scrub_sidecar
 from thrombus.errors import UserError
 from thrombus.io import PathLike, read_json, sha256_files, write_json
-from thrombus.nifti import check_volume, save_nifti
+from thrombus.nifti import check_volume, image_like, save_nifti
 from thrombus.provenance import StepRecord, package_versions
 from thrombus.samples import is_nifti  # noqa: F401 (the convert step asks it here)
 
@@ -58,12 +58,6 @@ def _check_grid(image: nib.Nifti1Image, what: str, name: str) -> None:
                                "orientation is unknown; re-export it with dcm2niix or set its scanner affine")
 
 
-def _image(data: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image:
-    header = source.header.copy()
-    header.set_data_dtype(np.float32)
-    return nib.Nifti1Image(data.astype(np.float32), source.affine, header)
-
-
 def read_source(request: ConvertRequest, path: Path) -> tuple[nib.Nifti1Image, str]:
     """The image of the requested sequence from the file, with a note of how: a 4-D diffusion series
     with b-values gives its isotropic trace (`dwi`) or a derived ADC (`adc`), as a DICOM one does."""
@@ -79,12 +73,12 @@ def read_source(request: ConvertRequest, path: Path) -> tuple[nib.Nifti1Image, s
         data = np.asarray(source.dataobj, dtype=np.float32)
         if request.sequence == "dwi":
             trace, bvalue, count = trace_image(data, bvals)
-            return _image(trace, source), f"isotropic trace: geometric mean of {count} volume(s) at b={bvalue:g} of {path.name}"
+            return image_like(trace, source), f"isotropic trace: geometric mean of {count} volume(s) at b={bvalue:g} of {path.name}"
         if not request.derive_adc:
             raise NiftiSourceError(f"{request.what}: {path.name} is a diffusion series, not an ADC map, and "
                                    "convert.derive_adc is off")
         adc, bvalue = adc_map(data, bvals)
-        return _image(adc, source), f"fallback: ADC computed here from b=0 and b={bvalue:g} of {path.name} (1e-6 mm^2/s)"
+        return image_like(adc, source), f"fallback: ADC computed here from b=0 and b={bvalue:g} of {path.name} (1e-6 mm^2/s)"
     return source, f"NIfTI as given: {path.name}"
 
 

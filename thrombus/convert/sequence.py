@@ -19,7 +19,7 @@ from thrombus.convert.nifti_source import import_sequence, is_nifti
 from thrombus.convert.series import NoSeriesMatch, Series, check_slices, match_series, scan_series, single_series
 from thrombus.convert.sidecar import scrub_sidecar, scrub_text
 from thrombus.io import PathLike, sha256_files, write_json
-from thrombus.nifti import check_volume, save_nifti
+from thrombus.nifti import check_volume, image_like, save_nifti
 from thrombus.provenance import StepRecord, package_versions
 
 AUTO = "auto"
@@ -72,16 +72,6 @@ def selected_path(request: ConvertRequest) -> Path:
     return path if path.is_absolute() else request.dicom_dir / path
 
 
-def _image_like(data: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image:
-    """A float32 image on the grid of `source` (qform and sform kept)."""
-    header = source.header.copy()
-    header.set_data_dtype(np.float32)
-    image = nib.Nifti1Image(data.astype(np.float32), source.affine, header)
-    image.set_qform(source.get_qform(), code=int(source.header["qform_code"]))
-    image.set_sform(source.get_sform(), code=int(source.header["sform_code"]))
-    return image
-
-
 def _squeeze(image: nib.Nifti1Image) -> nib.Nifti1Image:
     """Drop a trailing singleton 4th axis, which some exports carry."""
     if len(image.shape) == 4 and image.shape[3] == 1:
@@ -121,7 +111,7 @@ def choose_output(outputs: list[dcm2niix.Dcm2niixOutput], request: ConvertReques
         source = nib.load(str(diffusion.nifti))
         trace, bvalue, count = trace_image(np.asarray(source.dataobj, dtype=np.float32), diffusion.bvals or ())
         note = f"isotropic trace: geometric mean of {count} volume(s) at b={bvalue:g} of {diffusion.nifti.name}"
-        return Converted(_image_like(trace, source), dict(diffusion.sidecar, DiffusionBValue=bvalue), note)
+        return Converted(image_like(trace, source), dict(diffusion.sidecar, DiffusionBValue=bvalue), note)
     if request.sequence == "adc":
         adcs = [o for o in outputs if _is_adc(o) and o.volumes == 1]
         if len(adcs) == 1:
@@ -130,7 +120,7 @@ def choose_output(outputs: list[dcm2niix.Dcm2niixOutput], request: ConvertReques
             source = nib.load(str(diffusion.nifti))
             adc, bvalue = adc_map(np.asarray(source.dataobj, dtype=np.float32), diffusion.bvals or ())
             note = f"fallback: ADC computed here from b=0 and b={bvalue:g} of {diffusion.nifti.name} (1e-6 mm^2/s)"
-            return Converted(_image_like(adc, source), diffusion.sidecar, note)
+            return Converted(image_like(adc, source), diffusion.sidecar, note)
     # a derived ADC written beside a non-ADC image (Philips trace split) is not what was asked for
     non_adc = [o for o in outputs if not _is_adc(o)] if request.sequence != "adc" else outputs
     chosen = _single_3d(non_adc or outputs, request)

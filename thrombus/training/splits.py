@@ -10,8 +10,12 @@ an ablation always sees the same subjects. Two experiments:
   from the other centers, stratified by center and label, so it looks like the training data.
 
 The file records the subject list it was made for (center and label of each). A file that exists and
-matches is reused as it is; one made for another subject list is refused, never silently rewritten,
-since that would change the experiment under results already computed from it.
+matches is reused as it is. Subjects added to the sheet later (a center sends new scans) join it as test
+subjects of the fold that tests their center, and of no fold's training or validation: no model
+retrains, the new subjects are predicted and scored (`extend_splits`; the file lists them under
+`added`). A subject removed or relabelled, or one of a center no fold tests, is refused, never silently
+rewritten, since that would change the experiment under results already computed from it; deleting the
+file makes new splits with every subject in them.
 """
 
 from __future__ import annotations
@@ -212,6 +216,30 @@ def subject_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> 
     return lines
 
 
+def _as_recorded(subjects: Sequence[Labelled]) -> dict[str, dict[str, Any]]:
+    return {s.subject: {"center": s.center, "thrombus": int(s.positive)} for s in subjects}
+
+
+def extend_splits(document: Mapping[str, Any], subjects: Sequence[Labelled], path: PathLike) -> dict[str, Any] | None:
+    """The split document with the sheet's new subjects added as test subjects of the fold(s) testing
+    their center; None when nothing was added. Anything but additions is left to `read_splits` to refuse."""
+    current = _as_recorded(subjects)
+    added = sorted(set(current) - set(document["subjects"]))
+    if not added:
+        return None
+    tested = {c for fold in document["folds"] for c in fold["test_centers"]}
+    untested = sorted({current[s]["center"] for s in added} - tested)
+    if untested:
+        raise SplitsError(f"split file {path}: the new subjects include center(s) {', '.join(untested)}, which no fold "
+                          "tests; delete the file to make new splits with them")
+    extended = {**document, "subjects": {**document["subjects"], **{s: current[s] for s in added}},
+                "added": sorted(set(document.get("added", [])) | set(added)), "folds": []}
+    for fold in document["folds"]:
+        joining = [s for s in added if current[s]["center"] in fold["test_centers"]]
+        extended["folds"].append({**fold, "test": sorted(fold["test"] + joining)})
+    return extended
+
+
 def read_splits(path: PathLike, subjects: Sequence[Labelled] | None = None) -> dict[str, Any]:
     """Read a split file; with `subjects`, refuse it when it was made for another subject list."""
     path = Path(path)
@@ -221,15 +249,20 @@ def read_splits(path: PathLike, subjects: Sequence[Labelled] | None = None) -> d
     if not isinstance(document, dict) or document.get("format") != SPLITS_FORMAT:
         raise SplitsError(f'{path} is not a thrombus split file (no "format": "{SPLITS_FORMAT}")')
     if subjects is not None:
-        current = {s.subject: {"center": s.center, "thrombus": int(s.positive)} for s in subjects}
-        changes = subject_changes(document["subjects"], current)
-        if changes:
-            raise SplitsError(
-                f"split file {path} was made for another subject list ({'; '.join(changes)}). Splits are kept "
-                "so that every run of an experiment sees the same subjects: delete the file to make new splits "
-                "(results computed from the old ones no longer compare), or restore the sample sheet"
-            )
+        check_subjects(document, subjects, path)
     return document
+
+
+def check_subjects(document: Mapping[str, Any], subjects: Sequence[Labelled], path: PathLike) -> None:
+    """Refuse a split document made for another subject list than `subjects`."""
+    changes = subject_changes(document["subjects"], _as_recorded(subjects))
+    if changes:
+        raise SplitsError(
+            f"split file {path} was made for another subject list ({'; '.join(changes)}). Splits are kept "
+            "so that every run of an experiment sees the same subjects (new subjects join as test subjects "
+            "when the `splits` step runs): delete the file to make new splits "
+            "(results computed from the old ones no longer compare), or restore the sample sheet"
+        )
 
 
 def ensure_splits(
@@ -238,9 +271,16 @@ def ensure_splits(
     """Reuse the split file at `path` when it matches the subjects, else write it if it is absent."""
     path = Path(path)
     if path.exists():
-        document = read_splits(path, subjects)
-        if document["experiment"] != experiment:
-            raise SplitsError(f"split file {path} is for experiment {document['experiment']!r}, not {experiment!r}")
+        recorded = read_splits(path)
+        if recorded["experiment"] != experiment:
+            raise SplitsError(f"split file {path} is for experiment {recorded['experiment']!r}, not {experiment!r}")
+        extended = extend_splits(recorded, subjects, path)
+        document = extended or recorded
+        check_subjects(document, subjects, path)  # a removed or relabelled subject: refused before any write
+        if extended is not None:
+            write_json(path, extended)
+            log.info("split file %s: new subject(s) %s added as test subjects of the fold testing their center; "
+                     "no training set changed", path, ", ".join(sorted(set(extended["subjects"]) - set(recorded["subjects"]))))
         kept = {
             "seed": seed,
             "val_fraction": options.val_fraction,

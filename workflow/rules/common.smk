@@ -343,21 +343,34 @@ def experiment_splits(wildcards):
     return f"results/splits/{experiment_of(wildcards).split}.json"
 
 
-def labelled_stacks():
-    return [f"results/harmonise/{s.center}/{s.subject}/stack.nii.gz" for s in LABELLED]
+def fold_stacks(wildcards, *parts):
+    """The stacks of the fold's subjects in `parts` (train, val, test), read from its split file.
+
+    The split file is made by the `splits` checkpoint: the fold's subjects are known only once it
+    exists, and reading them here (instead of requiring every labelled stack, or the split file itself)
+    is what keeps a model from retraining when subjects join the sheet: they join the split as test
+    subjects (`thrombus.training.splits.extend_splits`), so a fold's training and validation stacks,
+    and with them the model's inputs, stay the same.
+    """
+    path = checkpoints.splits.get(split=experiment_of(wildcards).split).output[0]
+    document = json.loads(open(path).read())
+    fold = next((f for f in document["folds"] if f["fold"] == int(wildcards.fold)), None)
+    if fold is None:
+        raise ValueError(f"{path} has no fold {wildcards.fold} (folds {[f['fold'] for f in document['folds']]})")
+    names = sorted(s for part in parts for s in fold[part] if s in ALL_SUBJECTS)  # a dropped subject: `splits` refuses it
+    return [f"results/harmonise/{ALL_SUBJECTS[s].center}/{s}/stack.nii.gz" for s in names]
 
 
 def train_inputs(wildcards):
-    """The split file and every labelled subject's stack (and summary).
+    """The stacks (and summaries) of the fold's training and validation subjects."""
+    stacks = fold_stacks(wildcards, "train", "val")
+    return {"stacks": stacks, "summaries": [path.replace("stack.nii.gz", "stack.json") for path in stacks]}
 
-    A fold's subjects are only known once the split file exists; every labelled stack is required
-    instead of a checkpoint rule, which costs nothing since preprocessing needs them all anyway.
-    """
-    return {
-        "splits": experiment_splits(wildcards),
-        "stacks": labelled_stacks(),
-        "summaries": [path.replace("stack.nii.gz", "stack.json") for path in labelled_stacks()],
-    }
+
+def labelled_subjects_param():
+    """Every labelled subject with its center and label: the `splits` step reruns when this changes (new
+    subjects join the split file, a removed or relabelled one is refused there)."""
+    return json.dumps({s.subject: [s.center, s.thrombus] for s in LABELLED}, sort_keys=True)
 
 
 def split_options():
@@ -393,11 +406,10 @@ def train_runtime(wildcards, attempt):
 
 
 def calibrate_inputs(wildcards):
-    """The fold's checkpoint, its split file and every labelled stack (the validation subjects are among them)."""
+    """The fold's checkpoint and its validation subjects' stacks."""
     return {
-        "splits": experiment_splits(wildcards),
         "checkpoint": f"results/models/{wildcards.experiment}/fold{wildcards.fold}/best.pt",
-        "stacks": labelled_stacks(),
+        "stacks": fold_stacks(wildcards, "val"),
     }
 
 
@@ -407,19 +419,21 @@ def calibrate_mem_mb(wildcards, input, attempt):
 
 
 def infer_inputs(wildcards):
+    """The fold's model and calibration, its split file (new test subjects rerun inference) and test stacks."""
     folder = f"results/models/{wildcards.experiment}/fold{wildcards.fold}"
     return {
         "splits": experiment_splits(wildcards),
         "checkpoint": f"{folder}/best.pt",
         "postprocessing": f"{folder}/postprocessing.json",
-        "stacks": labelled_stacks(),
+        "stacks": fold_stacks(wildcards, "test"),
     }
 
 
 def infer_mem_mb(wildcards, input, attempt):
     """The network, plus one subject's stack at a time (about 8x its compressed size as float tensors,
     probability map and slabs); doubled on a retry."""
-    stack_mb = resources.files_mb(input) / max(len(LABELLED), 1)
+    stacks = list(input.stacks) if hasattr(input, "stacks") else []  # none known before the split checkpoint ran
+    stack_mb = resources.files_mb(stacks) / max(len(stacks), 1)
     return int((1500 + 8 * stack_mb) * attempt)
 
 

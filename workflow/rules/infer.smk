@@ -12,6 +12,8 @@ rule calibrate:
         fold="[0-9]+",
     params:
         sheet=SHEET_PARAM,
+        splits=experiment_splits,  # read, not an input: new test subjects do not change the calibration
+        checkpoint="results/models/{experiment}/fold{fold}/best.pt",  # also an input; named here for the command
     threads: config["threads"]["infer"]
     resources:
         mem_mb=calibrate_mem_mb,
@@ -19,8 +21,8 @@ rule calibrate:
     conda:
         "../../envs/train.yaml"
     shell:
-        "thrombus calibrate --sheet {params.sheet:q} --stacks-root . --splits {input.splits:q} --fold {wildcards.fold}"
-        " --checkpoint {input.checkpoint:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
+        "thrombus calibrate --sheet {params.sheet:q} --stacks-root . --splits {params.splits:q} --fold {wildcards.fold}"
+        " --checkpoint {params.checkpoint:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
 
 
 rule infer:
@@ -39,6 +41,9 @@ rule infer:
         sheet=SHEET_PARAM,
         harmonise=json.dumps(config["harmonise"]),
         subsets=experiment_subsets,
+        # the inputs' paths, for the command: the inputs are known only once the split checkpoint ran
+        splits=experiment_splits,
+        model="results/models/{experiment}/fold{fold}",
     threads: config["threads"]["infer"]
     resources:
         mem_mb=infer_mem_mb,
@@ -46,8 +51,8 @@ rule infer:
     conda:
         "../../envs/train.yaml"
     shell:
-        "thrombus predict-fold --sheet {params.sheet:q} --stacks-root . --splits {input.splits:q} --fold {wildcards.fold}"
-        " --checkpoint {input.checkpoint:q} --postprocessing {input.postprocessing:q} --harmonise {params.harmonise:q}"
+        "thrombus predict-fold --sheet {params.sheet:q} --stacks-root . --splits {params.splits:q} --fold {wildcards.fold}"
+        " --checkpoint {params.model:q}/best.pt --postprocessing {params.model:q}/postprocessing.json --harmonise {params.harmonise:q}"
         " --subsets {params.subsets:q} --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
