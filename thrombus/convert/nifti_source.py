@@ -26,7 +26,6 @@ from thrombus.errors import UserError
 from thrombus.io import PathLike, read_json, sha256_files, write_json
 from thrombus.nifti import check_volume, image_like, save_nifti
 from thrombus.provenance import StepRecord, package_versions
-from thrombus.samples import is_nifti  # noqa: F401 (the convert step asks it here)
 
 if TYPE_CHECKING:
     from thrombus.convert.sequence import ConvertRequest

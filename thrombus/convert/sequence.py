@@ -14,13 +14,14 @@ import numpy as np
 
 from thrombus.convert import dcm2niix
 from thrombus.convert.diffusion import adc_map, trace_image
-from thrombus.convert.fingerprints import fingerprints, geometry, uid_fingerprint  # noqa: F401 (uid_fingerprint re-exported)
-from thrombus.convert.nifti_source import import_sequence, is_nifti
+from thrombus.convert.fingerprints import fingerprints, geometry
+from thrombus.convert.nifti_source import import_sequence
 from thrombus.convert.series import NoSeriesMatch, Series, check_slices, match_series, scan_series, single_series
 from thrombus.convert.sidecar import scrub_sidecar, scrub_text
 from thrombus.io import PathLike, sha256_files, write_json
 from thrombus.nifti import check_volume, image_like, save_nifti
 from thrombus.provenance import StepRecord, package_versions
+from thrombus.samples import is_nifti
 
 AUTO = "auto"
 
