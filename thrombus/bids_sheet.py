@@ -125,7 +125,7 @@ def _pseudonym(subject: str, session: str, sessions: int) -> str:
     return subject if sessions == 1 else f"{subject}ses{session}"
 
 
-def _centers(root: Path, center: str | None, column: str | None) -> dict[str, str]:
+def _centers(root: Path, column: str | None) -> dict[str, str]:
     """participant label -> center, from participants.tsv's `column` when given."""
     if column is None:
         return {}
@@ -144,7 +144,7 @@ def sheet_from_bids(folder: PathLike, center: str | None = None, center_column: 
     root = dataset_root(folder)
     if center is None and center_column is None:
         raise BidsError("a sheet from BIDS needs the center: --center NAME, or --center-column COLUMN of participants.tsv")
-    centers = _centers(root, center, center_column)
+    centers = _centers(root, center_column)
     wanted = set(sequences)
     grouped: dict[tuple[str, str], dict[str, list[BidsFile]]] = defaultdict(lambda: defaultdict(list))
     for image in find_images(root):
