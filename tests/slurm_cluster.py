@@ -92,9 +92,9 @@ def finished_rules(output: str) -> dict[str, int]:
 
 
 def local_rules(output: str) -> dict[str, int]:
-    """How many jobs of each rule Snakemake ran on the submit host (`localrule X:` blocks)."""
+    """How many jobs of each rule Snakemake ran on the submit host (`localrule X:` and `localcheckpoint X:` blocks)."""
     counts: dict[str, int] = {}
-    for rule in re.findall(r"^localrule (\w+):", output, flags=re.M):
+    for rule in re.findall(r"^local(?:rule|checkpoint) (\w+):", output, flags=re.M):
         counts[rule] = counts.get(rule, 0) + 1
     return counts
 

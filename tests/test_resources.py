@@ -17,10 +17,10 @@ RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
 
 
 def rule_blocks() -> dict[str, str]:
-    """Rule name -> its text, for every rule of workflow/rules/*.smk."""
+    """Rule name -> its text, for every rule and checkpoint of workflow/rules/*.smk."""
     blocks = {}
     for path in sorted(RULES.glob("*.smk")):
-        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.MULTILINE)
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):\n", path.read_text(), flags=re.MULTILINE)
         blocks.update(dict(zip(parts[1::2], parts[2::2])))
     return blocks
 

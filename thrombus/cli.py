@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     """Subcommands that live with their stage's package (each registers its own parsers)."""
-    from thrombus.bids_sheet import add_sheet_parser
+    from thrombus.sheet_cli import add_sheet_parser
     from thrombus.convert.cli import add_convert_parsers
     from thrombus.evaluation.cli import add_evaluation_parsers
     from thrombus.inference.calibrate import add_calibrate_parser
