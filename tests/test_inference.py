@@ -8,6 +8,7 @@ trained (a few seconds) to overfit a subject and must then find its thrombus thr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -43,8 +44,8 @@ from thrombus.io import sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
 from thrombus.nifti import VolumeError
 from thrombus.training.card import CheckpointError, card_prediction, load_checkpoint, make_card, save_checkpoint
-from thrombus.training.data import AugmentOptions, CaseSource, load_case
-from thrombus.model.sliding import predict_case, slab_centres, tile_starts
+from thrombus.training.data import AugmentOptions, Case, CaseSource, at_slice_spacing, load_case
+from thrombus.model.sliding import network_depth, predict_case, resample_slices, slab_centres, tile_starts
 from thrombus.training.options import GMDSettings, TrainOptions
 from thrombus.training.trainer import TrainRun, train
 
@@ -89,11 +90,12 @@ def write_stack(folder: Path, stack: np.ndarray, channels: tuple[str, ...] = CHA
 
 
 def untrained_checkpoint(path: Path, model: ModelConfig = TINY_MODEL, harmonise: dict | None = None,
-                         stride: int | None = None) -> Path:
+                         stride: int | None = None, slice_mm: float | None = None) -> Path:
     """A checkpoint of freshly initialised weights, with the card training would write (no stride: an older card)."""
     torch.manual_seed(0)
     network = build_model(model)
-    data = {"slab_depth": 3, "patch_size": [32, 32], **({"predict_stride": stride} if stride else {})}
+    data = {"slab_depth": 3, "patch_size": [32, 32], **({"predict_stride": stride} if stride else {}),
+            **({"slice_mm": slice_mm} if slice_mm else {})}
     card = make_card(model, harmonise or HARMONISE, data, {"seed": 0})
     return save_checkpoint(path, card, network.state_dict())
 
@@ -185,6 +187,55 @@ def test_inference_uses_the_stride_of_the_card_and_old_cards_stride_one(tmp_path
     assert TrainOptions(slab_depth=3).stride == 3 and TrainOptions(slab_depth=5, predict_stride=2).stride == 2
     with pytest.raises(ValueError, match="predict_stride"):
         TrainOptions(slab_depth=3, predict_stride=5)
+
+
+def test_slices_resampled_for_the_network_keep_the_end_slices_and_return_to_the_subject_grid() -> None:
+    assert network_depth(23, 6.0, 2.0) == 67 and network_depth(70, 2.0, 2.0) == 70 and network_depth(23, 6.0, None) == 23
+    assert network_depth(60, 2.4, 2.0) == 72 and network_depth(1, 6.0, 2.0) == 1
+    volume = torch.randn(2, 9, 5, 6)
+    fine = resample_slices(volume, 25)
+    assert fine.shape == (2, 25, 5, 6)
+    torch.testing.assert_close(fine[:, ::3], volume)  # every third 2 mm slice is a 6 mm one
+    torch.testing.assert_close(fine[:, 1], (2 * volume[:, 0] + volume[:, 1]) / 3)  # linear in between
+    torch.testing.assert_close(resample_slices(fine, 9), volume)
+    assert resample_slices(volume, 9) is volume
+
+
+def test_a_clot_on_one_thick_slice_covers_the_thin_slices_around_its_centre() -> None:
+    image = torch.randn(4, 6, 8, 8)
+    label = torch.zeros(6, 8, 8, dtype=torch.uint8)
+    label[2, 3:5, 3:5] = 1
+    case = Case("S", "C", image, label, torch.ones(6, 8, 8, dtype=torch.bool), torch.ones(4),
+                np.argwhere(label.numpy()), 0, slice_mm=6.0, voxel_mm3=6.0)
+    fine = at_slice_spacing(case, 2.0)
+    assert fine.image.shape == (4, 16, 8, 8) and fine.slice_mm == 2.0 and fine.voxel_mm3 == pytest.approx(2.0)
+    assert fine.label.any(dim=(1, 2)).nonzero().ravel().tolist() == [5, 6, 7]
+    assert len(fine.foreground) == 12 and fine.positive
+    assert at_slice_spacing(case, None) is case and at_slice_spacing(case, 6.0) is case
+
+
+def test_inference_reads_the_slices_at_the_spacing_of_the_card(tmp_path: Path) -> None:
+    """A card with `slice_mm` predicts the 3 mm test stack resampled to 1 mm and returns the map on its own grid:
+    the same numbers as predicting the resampled case by hand and resampling back."""
+    stack, _ = make_stack(1, positive=True)
+    paths = write_stack(tmp_path / "case", stack)  # 3 mm slices
+    record = predict_subject(request(tmp_path / "fine", untrained_checkpoint(tmp_path / "fine.pt", slice_mm=1.0), *paths))
+    native = predict_subject(request(tmp_path / "native", untrained_checkpoint(tmp_path / "native.pt"), *paths))
+    fine, coarse = probability_of(tmp_path / "fine" / "probability.nii.gz"), probability_of(tmp_path / "native" / "probability.nii.gz")
+    assert fine.shape == coarse.shape == SHAPE and (record["network_slice_mm"], native["network_slice_mm"]) == (1.0, None)
+    assert not np.array_equal(fine, coarse)
+    case = load_case(CaseSource("S001", "A", *paths, None, False), CHANNELS)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL).eval()
+    depth = network_depth(case.image.shape[1], case.slice_mm, 1.0)
+    by_hand = dataclasses.replace(case, image=resample_slices(case.image, depth), slice_mm=1.0)
+    expected = resample_slices(predict_case(model, by_hand, 3, 4, CPU, stride=1), case.image.shape[1])
+    torch.testing.assert_close(predict_case(model, case, 3, 4, CPU, slice_mm=1.0), expected)
+    coords = np.argwhere(np.any(stack != 0, axis=3))
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(axis=0), coords.max(axis=0)))
+    np.testing.assert_allclose(fine[box], torch.sigmoid(expected).permute(1, 2, 0).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="train.slice_mm"):
+        TrainOptions(slice_mm=0.1)
 
 
 def test_dropping_a_sequence_equals_a_missing_one(tmp_path: Path, untrained: Path) -> None:
@@ -422,7 +473,7 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     payload = load_checkpoint(root / "model" / "best.pt", {})
     network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
     network.load_state_dict(payload["model"])
-    slab_depth, stride, tile = card_prediction(payload["card"])
+    slab_depth, stride, tile, _ = card_prediction(payload["card"])
     post = calibrate(network, cases, slab_depth, 4, torch.device("cpu"), stride=stride, tile=tile, progress=False)
     write_json(root / "model" / "postprocessing.json", {**post.to_dict(), "weights_sha256": payload["weights_sha256"]})
     return root

@@ -169,7 +169,8 @@ def score(model: Any, cases: Sequence[Any], options: Any, device: Any) -> dict[s
     rows = {}
     try:
         for case in cases:
-            logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile)
+            logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile,
+                                  slice_mm=options.slice_mm)
             rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside),
                                   "positive": case.positive}
     finally:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def calibrate(
     model: Any, cases: Sequence[Any], slab_depth: int, batch_size: int, device: Any, *, stride: int = 1,
-    tile: tuple[int, int] | None = None,
+    tile: tuple[int, int] | None = None, slice_mm: float | None = None,
     progress: bool = True,
 ) -> Postprocessing:
     """Predict the validation cases as validation does (whole volumes, slabs `stride` apart) and choose the settings.
@@ -51,7 +51,7 @@ def calibrate(
     probabilities, truths = [], []
     try:
         for case in tqdm(cases, desc="calibrating", unit="subject", leave=False, disable=not progress):
-            logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile)
+            logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile, slice_mm)
             probabilities.append(torch.sigmoid(logits).numpy())
             truths.append(case.label.numpy())
     finally:
@@ -91,11 +91,11 @@ def calibrate_fold(request: CalibrationRequest) -> Postprocessing:
     by_id = {s.subject: s for s in subjects(read_sheet(request.sheet), {})}
     fold = fold_of(read_splits(request.splits, labelled_subjects(by_id.values())), request.fold, request.splits)
     model = loaded.network
-    slab_depth, stride, tile = card_prediction(card)
+    slab_depth, stride, tile, slice_mm = card_prediction(card)
     with torch_threads(request.threads):
         device = resolve_device(request.device, "--device")
         cases = load_cases(case_sources([by_id[s] for s in fold["val"]], request.stacks_root), list(card["channels"]))
-        post = calibrate(model.to(device), cases, slab_depth, request.batch_size, device, stride=stride, tile=tile,
+        post = calibrate(model.to(device), cases, slab_depth, request.batch_size, device, stride=stride, tile=tile, slice_mm=slice_mm,
                          progress=request.progress)
     post = dataclasses.replace(post, weights_sha256=loaded.weights_sha256)
     write_json(request.out, post.to_dict())

@@ -96,6 +96,8 @@ def predict_probability(
     what: str = "stack",
     stride: int = 1,
     tile: tuple[int, int] | None = None,
+    slice_mm: float = 0.0,
+    network_slice_mm: float | None = None,
 ) -> np.ndarray:
     """Thrombus probability (X, Y, Z) float32 on the stack's full grid, zero outside the brain's bounding box.
 
@@ -117,11 +119,12 @@ def predict_probability(
         availability=torch.as_tensor(np.asarray(availability, dtype=np.float32)),
         foreground=np.zeros((0, 3), dtype=np.int64),
         label_outside=0,
+        slice_mm=slice_mm,
     )
     was_training = model.training
     model.to(device).eval()
     try:
-        logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile)
+        logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile, network_slice_mm)
     finally:
         model.train(was_training)
     probability = np.zeros(image.shape[:3], dtype=np.float32)
@@ -320,10 +323,10 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     brain = np.any(data != 0, axis=-1)
     selected = select_channels(availability, channels, channel_names(request.keep, loaded.card.get("harmonise", {}).get("channels", {})))
     data = zero_missing(data, selected)
-    slab_depth, stride, tile = card_prediction(loaded.card)
+    slab_depth, stride, tile, network_mm = card_prediction(loaded.card)
     probability = predict_probability(
         loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride,
-        tile,
+        tile, slice_mm=float(np.linalg.norm(image.affine[:3, 2])), network_slice_mm=network_mm,
     )
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
@@ -348,6 +351,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "postprocessing": {**post.to_dict(), "source": post_source},
         "predict_stride": stride,
         "predict_tile": list(tile) if tile else None,
+        "network_slice_mm": network_mm,
         "threshold": post.threshold,
         "min_component_mm3": post.min_component_mm3,
         "components": len(sizes),

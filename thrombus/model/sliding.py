@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thrombus.device import autocast
@@ -20,6 +21,33 @@ class Volume(Protocol):
 
     image: Tensor
     availability: Tensor
+    slice_mm: float
+
+
+def network_depth(depth: int, slice_mm: float, target_mm: float | None) -> int:
+    """Slices of a volume of `depth` slices `slice_mm` apart once resampled to about `target_mm` apart.
+
+    The first and last slice centres are kept, so the spacing becomes (depth - 1) * slice_mm / (n - 1),
+    within half a slice of the target. None (or an unknown spacing) keeps the volume as it is.
+    """
+    if not target_mm or slice_mm <= 0 or depth < 2:
+        return depth
+    return max(int(round((depth - 1) * slice_mm / target_mm)) + 1, 2)
+
+
+def resample_slices(volume: Tensor, depth: int) -> Tensor:
+    """`volume` (..., Z, X, Y) linearly interpolated along Z to `depth` slices, end slice centres kept.
+
+    A 2.5D network reads D adjacent slices: at 6 mm they span 30 mm and a clot shows on one or two of
+    them, at 2 mm 10 mm and five or more. Resampling every subject to one slice spacing before the
+    network (nnU-Net's target spacing, along the slice axis only) gives it one geometry to learn.
+    """
+    if volume.shape[-3] == depth:
+        return volume
+    lead, (slices, height, width) = volume.shape[:-3], volume.shape[-3:]
+    flat = volume.reshape(-1, 1, slices, height * width).float()
+    out = F.interpolate(flat, size=(depth, height * width), mode="bilinear", align_corners=True)
+    return out.reshape(*lead, depth, height, width)
 
 
 def crop_padded(volume: Tensor, start: list[int] | tuple[int, ...], size: list[int] | tuple[int, ...]) -> Tensor:
@@ -91,7 +119,7 @@ def _forward_tiled(model: nn.Module, slabs: Tensor, availability: Tensor, tile: 
 @torch.no_grad()
 def predict_case(
     model: nn.Module, case: Volume, slab_depth: int, batch_size: int, device: torch.device, stride: int = 1,
-    tile: tuple[int, int] | None = None,
+    tile: tuple[int, int] | None = None, slice_mm: float | None = None,
 ) -> Tensor:
     """Logits (Z, X, Y) over a case's brain box: slabs `stride` slices apart, overlapping slices averaged.
 
@@ -99,19 +127,23 @@ def predict_case(
     the average smooths out the slab edges where the recurrence has context on one side only; a
     larger stride trades that smoothing for `stride` times fewer forward passes (BENCHMARKS.md).
     With `tile` (the training patch size) each slab is read in overlapping in-plane tiles of that size.
+    With `slice_mm` the network reads the case resampled to that slice spacing (`resample_slices`) and
+    the logits are resampled back to the case's own slices.
     """
-    channels, depth, height, width = case.image.shape
+    native = case.image.shape[1]
+    image = resample_slices(case.image, network_depth(native, case.slice_mm, slice_mm))
+    channels, depth, height, width = image.shape
     radius = slab_depth // 2
     total = torch.zeros(depth, height, width)
     count = torch.zeros(depth, 1, 1)
     centres = slab_centres(depth, slab_depth, stride)
     for first in range(0, len(centres), batch_size):
         chunk = centres[first : first + batch_size]
-        slabs = torch.stack([crop_padded(case.image, (c - radius, 0, 0), (slab_depth, height, width)) for c in chunk])
+        slabs = torch.stack([crop_padded(image, (c - radius, 0, 0), (slab_depth, height, width)) for c in chunk])
         availability = case.availability.expand(len(chunk), channels)
         logits = _forward_tiled(model, slabs, availability, tile, device)
         for centre, slab_logits in zip(chunk, logits):
             low, high = max(centre - radius, 0), min(centre + radius + 1, depth)
             total[low:high] += slab_logits[low - (centre - radius) : high - (centre - radius)]
             count[low:high] += 1
-    return total / count.clamp_min(1)
+    return resample_slices(total / count.clamp_min(1), native)

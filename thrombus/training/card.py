@@ -181,8 +181,13 @@ def model_from_checkpoint(path: PathLike, expected: Mapping[str, Any]) -> Loaded
     return LoadedModel(network.eval(), payload["card"], payload.get("weights_sha256"))
 
 
-def card_prediction(card: Mapping[str, Any]) -> tuple[int, int, tuple[int, int] | None]:
-    """Slab depth, stride and in-plane tile of the card's whole-volume predictions (older cards: stride 1, whole slices)."""
+def card_prediction(card: Mapping[str, Any]) -> tuple[int, int, tuple[int, int] | None, float | None]:
+    """Slab depth, stride, in-plane tile and slice spacing of the card's whole-volume predictions.
+
+    Older cards: stride 1, whole slices, each subject's own spacing.
+    """
     data = card["data"]
     tile = data.get("predict_tile")
-    return int(data["slab_depth"]), int(data.get("predict_stride", 1)), (int(tile[0]), int(tile[1])) if tile else None
+    slice_mm = data.get("slice_mm")
+    return (int(data["slab_depth"]), int(data.get("predict_stride", 1)), (int(tile[0]), int(tile[1])) if tile else None,
+            float(slice_mm) if slice_mm else None)

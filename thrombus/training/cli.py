@@ -102,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             model,
             harmonise,
             {"slab_depth": options.slab_depth, "patch_size": list(options.patch_size), "predict_stride": options.stride,
-             "predict_tile": list(options.tile) if options.tile else None},
+             "predict_tile": list(options.tile) if options.tile else None, "slice_mm": options.slice_mm},
             {**options.card_dict(), "seed": args.seed, "split": split},
         )
         result = train(

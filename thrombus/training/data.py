@@ -25,6 +25,7 @@ at iteration N needs only N (`IterationSampler`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from thrombus.io import PathLike, read_json
-from thrombus.model.sliding import crop_padded
+from thrombus.model.sliding import crop_padded, network_depth, resample_slices
 from thrombus.nifti import VolumeError, load_volume
 from thrombus.samples import Subject
 
@@ -280,6 +281,27 @@ def load_case(source: CaseSource, channels: Sequence[str]) -> Case:
         label_outside=int(label.sum()) - len(foreground),
         slice_mm=float(image.header.get_zooms()[2]),
         voxel_mm3=float(np.prod(image.header.get_zooms()[:3])),
+    )
+
+
+def at_slice_spacing(case: Case, slice_mm: float | None) -> Case:
+    """`case` resampled along its slices to about `slice_mm` (`sliding.resample_slices`), as the network reads it.
+
+    The label is interpolated like the image and kept where it is at least one half, so a clot on one
+    6 mm slice covers the three 2 mm slices around that slice's centre. The case itself when its
+    spacing already gives the same number of slices, or `slice_mm` is None.
+    """
+    native = case.image.shape[1]
+    depth = network_depth(native, case.slice_mm, slice_mm)
+    if depth == native:
+        return case
+    image = resample_slices(case.image, depth)
+    label = (resample_slices(case.label.float(), depth) >= 0.5).to(torch.uint8)
+    spacing = case.slice_mm * (native - 1) / (depth - 1)
+    return dataclasses.replace(
+        case, image=image, label=label, brain=torch.any(image != 0, dim=0),
+        foreground=np.argwhere(label.numpy() > 0).astype(np.int64), slice_mm=spacing,
+        voxel_mm3=case.voxel_mm3 * spacing / case.slice_mm,
     )
 
 

@@ -69,6 +69,7 @@ class TrainOptions:
     slab_depth: int = 5
     predict_stride: int | None = None  # None: the slab depth, every slice predicted once
     predict_tiled: bool = False  # whole-volume predictions in in-plane tiles of patch_size (sliding.py)
+    slice_mm: float | None = None  # slice spacing the network reads (sliding.resample_slices); None: each subject's own
     patch_size: tuple[int, int] = (64, 64)
     foreground_probability: float = 0.33
     hard_negative_probability: float = 0.0
@@ -92,6 +93,8 @@ class TrainOptions:
             raise ValueError(
                 f"train.learning_rate must be > 0 and train.num_workers >= 0, got {self.learning_rate}, {self.num_workers}"
             )
+        if self.slice_mm is not None and not 0.5 <= self.slice_mm <= 10.0:
+            raise ValueError(f"train.slice_mm must be between 0.5 and 10 mm or null, got {self.slice_mm}")
         self.slab()
         if not 1 <= self.stride <= self.slab_depth:
             raise ValueError(

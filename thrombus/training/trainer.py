@@ -39,7 +39,7 @@ from thrombus.progress import progress
 from thrombus.provenance import package_versions
 from thrombus.training.card import CheckpointError, load_checkpoint, save_checkpoint
 from thrombus.training.curves import plot_learning_curves, write_log
-from thrombus.training.data import Case, IterationSampler, SlabDataset
+from thrombus.training.data import Case, IterationSampler, SlabDataset, at_slice_spacing
 from thrombus.training.gmd import apply_gmd, strength
 from thrombus.training.optim import make_loss, make_optimizer, make_schedule, set_foreground_prior
 from thrombus.training.options import TrainOptions
@@ -76,7 +76,7 @@ class TrainRun:
 def batches(run: TrainRun, start: int, stop: int, device: torch.device) -> Iterator[dict[str, Any]]:
     """Training batches of iterations [start, stop), identical whatever `num_workers` is."""
     options = run.options
-    dataset = SlabDataset(run.train_cases, options.slab(), options.augmentation, seed=run.seed + 2)
+    dataset = SlabDataset([at_slice_spacing(case, options.slice_mm) for case in run.train_cases], options.slab(), options.augmentation, seed=run.seed + 2)
     loader = DataLoader(
         dataset,
         batch_size=options.batch_size,

@@ -40,7 +40,8 @@ def validate(
     model.eval()
     losses, dices = [], {}
     for case in cases:
-        logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile)
+        logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile,
+                              slice_mm=options.slice_mm)
         losses.append(float(loss_fn(logits[None, None], case.label[None, None].float())))
         if case.positive:
             dices[case.subject] = dice_score(logits, case)
