@@ -184,7 +184,8 @@ def test_adc_inherits_a_failed_dwi_registration(tmp_path: Path) -> None:
 def test_only_the_finest_level_runs_on_the_metric_grid() -> None:
     """A 1 mm reference is coarsened to 2 mm for the finest level alone; a reference already coarser
     than the metric spacing (or none asked) keeps one ANTs run on its own grid."""
-    from thrombus.preprocess.register import import_ants, metric_grid, stages
+    from thrombus.preprocess.register import import_ants, metric_grid
+    from thrombus.preprocess.registrators.ants import stages
 
     ants = import_ants(1, deterministic=True, seed=1)
     fine = ants.from_numpy(np.ones((40, 50, 12), dtype=np.float32), spacing=(1.0, 1.0, 5.0))

@@ -35,7 +35,7 @@ def _registration_options(args: argparse.Namespace) -> object:
     settings = json.loads(args.options)
     transform = "Affine" if args.sequence in settings.get("affine_sequences", ()) else settings.get("transform", "Rigid")
     return RegistrationOptions(
-        transform=transform, threads=args.threads, deterministic=settings.get("deterministic", True),
+        backend=settings.get("backend", RegistrationOptions.backend), transform=transform, threads=args.threads, deterministic=settings.get("deterministic", True),
         seed=args.seed, sampling_rate=settings.get("sampling_rate", RegistrationOptions.sampling_rate),
         metric_spacing_mm=settings.get("metric_spacing_mm", RegistrationOptions.metric_spacing_mm),
     )
@@ -134,7 +134,7 @@ def add_preprocess_parsers(commands: argparse._SubParsersAction) -> None:
     strip.add_argument("--options", default="{}", help="JSON of the config's skullstrip section")
     strip.set_defaults(func=_cmd_skullstrip)
 
-    reg = commands.add_parser("register", help="register one sequence to the subject's reference (ANTs)")
+    reg = commands.add_parser("register", help="register one sequence to the subject's reference (backend from --options)")
     _add_step_identity(reg)
     reg.add_argument("--reference", required=True)
     reg.add_argument("--moving", required=True)

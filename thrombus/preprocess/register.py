@@ -1,4 +1,9 @@
-"""Co-registration of a subject's sequences to its reference sequence (ANTs, through antspyx).
+"""Co-registration of a subject's sequences to its reference sequence.
+
+The optimisation is a backend (`thrombus.preprocess.registrators`, one module each, chosen by
+`register.backend`: ANTs by default); everything around it lives here and is the same for every
+backend: the overlap check, the starts tried, the fallback schedule, mutual information and QC flags,
+resampling through antspyx, and the files.
 
 Same-session scans already share scanner coordinates, so registration starts from the identity (not
 from the centres of mass, which move when two sequences cover different parts of the head) and only
@@ -28,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from thrombus.io import PathLike, atomic_path
+from thrombus.preprocess import registrators
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ class RegistrationError(ValueError):
 class RegistrationOptions:
     """What the config says about registration; recorded in every step record."""
 
+    #: The module of `thrombus.preprocess.registrators` that finds the transform (QC and I/O are shared).
+    backend: str = "ants"
     transform: Literal["Rigid", "Affine"] = "Rigid"
     threads: int = 1
     deterministic: bool = True  # the config's default too: reruns reproduce the tables
@@ -81,6 +89,9 @@ class RegistrationOptions:
     #: Brain-mask Dice below which a registration with both masks known is flagged (aligned real pairs:
     #: >= 0.9 in tests/test_register.py).
     min_mask_dice: float = 0.8
+
+    def __post_init__(self) -> None:
+        registrators.load(self.backend)  # an unknown name fails here, with the known ones
 
 
 #: antspyx subpackages that `import ants` executes and the workflow never calls: plotting (matplotlib),
@@ -157,22 +168,6 @@ def metric_grid(ants: ModuleType, fixed: Any, mask: Any | None, spacing_mm: floa
     return coarse, coarse_mask
 
 
-def stages(
-    fixed: Any, fixed_mask: Any | None, metric_fixed: Any, metric_mask: Any | None,
-    schedule: tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]],
-) -> list[tuple[Any, Any | None, list[tuple[int, int, float]]]]:
-    """The ANTs runs of one schedule: (grid, mask, levels as (iterations, shrink, sigma)).
-
-    The coarse levels stay on the reference's own grid, where their shrink factors were tuned (a 2 mm
-    grid shrunk 4x lost a 15 mm / 10 degree misalignment of 5.5 mm TCGA slices); only the finest
-    level, the costly one, moves to the metric grid, starting from where the coarse levels ended.
-    """
-    levels = list(zip(*schedule))
-    if metric_fixed is fixed or len(levels) < 2:
-        return [(fixed, fixed_mask, levels)]
-    return [(fixed, fixed_mask, levels[:-1]), (metric_fixed, metric_mask, levels[-1:])]
-
-
 def overlap_fraction(ants: ModuleType, fixed_mask: Any, moving: Any) -> float:
     """Share of the fixed brain where the moving image, in scanner coordinates, has signal."""
     on_fixed = ants.resample_image_to_target(moving, fixed_mask, interp_type="linear")
@@ -232,7 +227,7 @@ def register(
         )
     before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
     mi_before = _mutual_information(ants, fixed, before, reference_mask)
-    schedules = [
+    schedules: list[registrators.Schedule] = [
         (options.iterations, options.shrink_factors, options.smoothing_sigmas),
         (options.fallback_iterations, options.fallback_shrink_factors, options.fallback_smoothing_sigmas),
     ]
@@ -240,16 +235,15 @@ def register(
     fixed_centre = head_centre(ants, fixed)
     gap = float(np.linalg.norm(fixed_centre - head_centre(ants, moving)))
     starts = ["identity", "centres"] if gap > options.centre_start_mm else ["identity"]
+    backend = registrators.load(options.backend)
+    pair = registrators.Pair(ants, fixed, moving, fixed_mask, moving_mask, metric_fixed, metric_mask)
     best: Registration | None = None
     attempt = 0
-    with tempfile.TemporaryDirectory(prefix="thrombus-ants-") as work:
+    with tempfile.TemporaryDirectory(prefix=f"thrombus-{options.backend}-") as work:
         for schedule in schedules:
             for start in starts:
                 attempt += 1
-                transform = _run_schedule(
-                    ants, fixed, moving, options, fixed_mask, moving_mask, (metric_fixed, metric_mask), schedule,
-                    start, Path(work) / f"attempt{attempt}_",
-                )
+                transform = backend.optimise(pair, options, schedule, start, Path(work) / f"attempt{attempt}_")
                 angle, shift, matrix = _motion(ants, transform)
                 warped = apply(ants, fixed, moving, transform)
                 mi_after = _mutual_information(ants, fixed, warped, reference_mask)
@@ -266,26 +260,6 @@ def register(
             transform_out = Path(tempfile.mkdtemp(prefix="thrombus-tx-")) / "forward.mat"
         best.transform = save_transform(best.transform, transform_out)
     return best
-
-
-def _run_schedule(
-    ants: ModuleType, fixed: Any, moving: Any, options: RegistrationOptions, fixed_mask: Any | None,
-    moving_mask: Any | None, metric: tuple[Any, Any | None],
-    schedule: tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]], start: str, prefix: Path,
-) -> Path:
-    """One ANTs attempt from `start` ("identity", or "centres": ANTs' centre-of-mass initialiser)."""
-    initial: str | None = "Identity" if start == "identity" else None  # None: antspyx passes [fixed,moving,1]
-    for stage, (grid, grid_mask, levels) in enumerate(stages(fixed, fixed_mask, metric[0], metric[1], schedule)):
-        iterations, shrink, smoothing = (tuple(values) for values in zip(*levels))
-        result = ants.registration(
-            fixed=grid, moving=moving, type_of_transform=options.transform, initial_transform=initial,
-            mask=grid_mask, moving_mask=moving_mask, aff_metric="mattes", aff_sampling=options.histogram_bins,
-            aff_random_sampling_rate=options.sampling_rate, aff_iterations=iterations,
-            aff_shrink_factors=shrink, aff_smoothing_sigmas=smoothing,
-            outprefix=f"{prefix}stage{stage}_", verbose=False,
-        )
-        initial = result["fwdtransforms"][0]
-    return Path(initial)
 
 
 def _looks_failed(result: Registration, options: RegistrationOptions) -> bool:
@@ -408,7 +382,7 @@ def register_file(
     record = StepRecord("register", subject=subject, center=center)
     record.inputs = {"reference": str(reference), "moving": str(moving), "sha256_moving": sha256_file(moving)}
     record.params = {"sequence": sequence, **asdict(options)}
-    record.versions = package_versions(("antspyx",))
+    record.versions = package_versions(tuple(dict.fromkeys(("antspyx", *registrators.load(options.backend).VERSIONS))))
     ants = import_ants(options.threads, options.deterministic, options.seed)
     fixed = _read(ants, reference, f"{what} (reference {Path(reference).name})")
     image = _read(ants, moving, what)

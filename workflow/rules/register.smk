@@ -1,5 +1,5 @@
 rule register:
-    """One sequence onto the subject's reference sequence (ANTs, Rigid or Affine, Mattes MI in the brain)."""
+    """One sequence onto the subject's reference sequence (register.backend, Rigid or Affine, mutual information in the brain)."""
     input:
         unpack(register_inputs),
     output:
