@@ -45,11 +45,12 @@ def test_the_command_takes_the_backend_from_the_config_section() -> None:
 
 
 def test_greedy_refuses_a_schedule_its_pyramid_cannot_follow() -> None:
-    from thrombus.preprocess.registrators.greedy import _levels
+    from thrombus.preprocess.registrators.greedy import _iterations
 
-    assert _levels((4, 2, 1)) == "100x50x10" and _levels((2, 1)) == "50x10" and _levels((8, 4, 2, 1)) == "100x100x50x10"
+    assert _iterations((4, 2, 1)) == (100, 50, 10) and _iterations((2, 1)) == (50, 10)
+    assert _iterations((8, 4, 2, 1)) == (100, 100, 50, 10)
     with pytest.raises(ValueError, match="halves the grid per level"):
-        _levels((3, 1))
+        _iterations((3, 1))
 
 
 def _phantom() -> tuple[np.ndarray, np.ndarray]:
