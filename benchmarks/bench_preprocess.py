@@ -5,7 +5,10 @@ imports, I/O included), and its peak RSS comes from the kernel's accounting of t
 subjects: one synthetic subject of the tiny cohort (generated into a temporary folder unless
 `--cohort` names one) and the real TCGA case (T1c reference, T2 and FLAIR registered to it).
 The HD-BET speed-up against the stock package is measured in the same run on the real ROBEX head
-(`bench_skullstrip.py` holds that comparison; `--skip-stock` leaves it out).
+(`bench_skullstrip.py` holds that comparison; `--skip-stock` leaves it out), and so are the
+registration backends against ANTs on the demo cohort's pairs and the real ones (`bench_register.py`
+holds that comparison: seconds, residual against the generator's head motion, brain-mask Dice, byte
+identity of reruns; `--backends ants` alone leaves it out).
 
     .venv/bin/python benchmarks/bench_preprocess.py --threads 2
 """
@@ -27,9 +30,10 @@ from pathlib import Path
 import nibabel as nib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_skullstrip  # noqa: E402  (a sibling script, not a package)
+import bench_register  # noqa: E402  (sibling scripts, not packages)
+import bench_skullstrip  # noqa: E402
 import rule_memory  # noqa: E402
-from figures import REPO, Figure  # noqa: E402
+from figures import REPO, Figure, render_text  # noqa: E402
 
 THROMBUS = [sys.executable, "-m", "thrombus"]
 TCGA = "nifti/tcga_fg_6692_glioma/TCGA-FG-6692_"
@@ -192,9 +196,17 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-def figures(threads: int = 2, cohort: Path | None = None) -> list[Figure]:
-    """Per-step seconds with their share of a subject, the workflow's overhead on one subject, and the
-    peak memory of each of its rules against their requests (Snakemake's benchmark files of that run)."""
+def registration_cohort(cohort: Path | None) -> Path | None:
+    """The cohort whose pairs compare the registration backends: the one given, else the demo cohort that
+    `make demo` generates when it is there (None: `bench_register` generates one)."""
+    demo = REPO / "cohort" / "demo"
+    return cohort if cohort is not None else demo if (demo / "samples.tsv").exists() else None
+
+
+def figures(threads: int = 2, cohort: Path | None = None, backends: tuple[str, ...] = ("ants", "greedy")) -> list[Figure]:
+    """Per-step seconds with their share of a subject, the workflow's overhead on one subject, the
+    peak memory of each of its rules against their requests (Snakemake's benchmark files of that run),
+    and the registration backends against ANTs."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="thrombus-bench-") as scratch:
         work = Path(scratch)
@@ -218,6 +230,8 @@ def figures(threads: int = 2, cohort: Path | None = None) -> list[Figure]:
                                 f"{threads} cores", figure=f"{wall:.1f} s",
                            baseline=f"{bare:.1f} s (the same {len(shells)} commands run bare, one after another)",
                            ratio=wall / bare))
+    if len(backends) > 1:
+        rows += bench_register.figures(registration_cohort(cohort), backends)
     return rows + measured
 
 
@@ -226,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cohort", type=Path, default=None, help="a generated cohort (default: tiny, generated now)")
     parser.add_argument("--skip-stock", action="store_true", help="leave out the stock HD-BET comparison (minutes)")
+    parser.add_argument("--backends", nargs="+", default=["ants", "greedy"],
+                        help="registration backends compared on the demo and real pairs (ants alone: no comparison)")
+    parser.add_argument("--register-cohort", type=Path, default=None,
+                        help="the cohort of that comparison (default: cohort/demo when there, else the demo preset generated now)")
     args = parser.parse_args(argv)
     realdata = bench_skullstrip.realdata_folder()
     timings: list[Timing] = []
@@ -245,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(timings)
     if not args.skip_stock and (realdata / bench_skullstrip.HEAD).exists():
         hdbet_speedup(args.threads)
+    if len(args.backends) > 1:
+        print("\nregistration backends against ANTs (one thread each):")
+        print(render_text(bench_register.figures(registration_cohort(args.register_cohort), tuple(args.backends))))
     return 0
 
 
