@@ -146,7 +146,16 @@ class Registration:
 
 
 def _mutual_information(ants: ModuleType, fixed: Any, moving_on_fixed: Any, mask: Any | None) -> float:
-    """Mattes mutual information inside the fixed mask, as a positive number (higher is better)."""
+    """Mattes mutual information inside the fixed mask, as a positive number (higher is better).
+
+    0 when the moving image is constant there (a transform that moved the head out of the reference
+    brain): ITK's histogram cannot be built then, and such an attempt is the worst there is anyway.
+    """
+    values = moving_on_fixed.numpy()
+    if mask is not None:
+        values = values[mask.numpy() > 0]
+    if values.size == 0 or values.min() == values.max():
+        return 0.0
     value = ants.image_similarity(
         fixed, moving_on_fixed, metric_type="MattesMutualInformation", fixed_mask=mask, moving_mask=mask,
     )
