@@ -25,7 +25,7 @@ def test_backends_are_the_registrator_modules_and_the_schema_enum_lists_each() -
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     backend = schema["properties"]["register"]["properties"]["backend"]
     assert {"ants", "greedy"} <= set(registrators.names())  # a new backend needs no change here
-    assert set(backend["enum"]) == set(registrators.names()) and backend["default"] == RegistrationOptions.backend == "ants"
+    assert set(backend["enum"]) == set(registrators.names()) and backend["default"] == RegistrationOptions.backend == "greedy"
     for name in registrators.names():
         module = registrators.load(name)
         assert callable(module.optimise) and module.VERSIONS
@@ -42,7 +42,7 @@ def test_the_command_takes_the_backend_from_the_config_section() -> None:
     options = _registration_options(args)
     assert (options.backend, options.transform, options.seed) == ("greedy", "Affine", 3)
     args.options = "{}"
-    assert _registration_options(args).backend == "ants"
+    assert _registration_options(args).backend == "greedy"
 
 
 def test_greedy_refuses_a_schedule_its_pyramid_cannot_follow() -> None:
