@@ -203,10 +203,10 @@ def registration_cohort(cohort: Path | None) -> Path | None:
     return cohort if cohort is not None else demo if (demo / "samples.tsv").exists() else None
 
 
-def figures(threads: int = 2, cohort: Path | None = None, backends: tuple[str, ...] = ("ants", "greedy")) -> list[Figure]:
+def figures(threads: int = 2, cohort: Path | None = None, backends: tuple[str, ...] | None = None) -> list[Figure]:
     """Per-step seconds with their share of a subject, the workflow's overhead on one subject, the
     peak memory of each of its rules against their requests (Snakemake's benchmark files of that run),
-    and the registration backends against ANTs."""
+    and the registration backends (default: every one) against ANTs."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="thrombus-bench-") as scratch:
         work = Path(scratch)
@@ -230,6 +230,7 @@ def figures(threads: int = 2, cohort: Path | None = None, backends: tuple[str, .
                                 f"{threads} cores", figure=f"{wall:.1f} s",
                            baseline=f"{bare:.1f} s (the same {len(shells)} commands run bare, one after another)",
                            ratio=wall / bare))
+    backends = backends or bench_register.every_backend()
     if len(backends) > 1:
         rows += bench_register.figures(registration_cohort(cohort), backends)
     return rows + measured
@@ -240,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cohort", type=Path, default=None, help="a generated cohort (default: tiny, generated now)")
     parser.add_argument("--skip-stock", action="store_true", help="leave out the stock HD-BET comparison (minutes)")
-    parser.add_argument("--backends", nargs="+", default=["ants", "greedy"],
-                        help="registration backends compared on the demo and real pairs (ants alone: no comparison)")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="registration backends compared on the demo and real pairs (default: every one; ants alone: no comparison)")
     parser.add_argument("--register-cohort", type=Path, default=None,
                         help="the cohort of that comparison (default: cohort/demo when there, else the demo preset generated now)")
     args = parser.parse_args(argv)
@@ -263,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(timings)
     if not args.skip_stock and (realdata / bench_skullstrip.HEAD).exists():
         hdbet_speedup(args.threads)
-    if len(args.backends) > 1:
+    backends = tuple(args.backends or bench_register.every_backend())
+    if len(backends) > 1:
         print("\nregistration backends against ANTs (one thread each):")
-        print(render_text(bench_register.figures(registration_cohort(args.register_cohort), tuple(args.backends))))
+        print(render_text(bench_register.figures(registration_cohort(args.register_cohort), backends)))
     return 0
 
 

@@ -256,7 +256,8 @@ def figures_of(results: dict[str, dict], demo: int, real: int) -> list[Figure]:
 
 
 def measure(cohort: Path | None, backends: tuple[str, ...], work: Path, per_center: int = 2) -> tuple[dict[str, dict], int, int]:
-    """Pairs of the demo cohort (generated when not given) and of the real data, through every backend."""
+    """Pairs of the demo cohort (generated when not given) and of the real data, through every backend (ANTs first)."""
+    backends = (BASELINE, *(name for name in backends if name != BASELINE))
     if cohort is None:
         from thrombus.synth import generate_cohort
 
@@ -267,24 +268,31 @@ def measure(cohort: Path | None, backends: tuple[str, ...], work: Path, per_cent
     return compare(backends, demo + real, work), len(demo), len(real)
 
 
-def figures(cohort: Path | None = None, backends: tuple[str, ...] = ("ants", "greedy"), per_center: int = 2) -> list[Figure]:
-    """Every backend against ANTs on the first `per_center` subjects of each center and the real pairs."""
+def every_backend() -> tuple[str, ...]:
+    """ANTs, the baseline, then every other backend there is (a new module joins without an edit here)."""
+    from thrombus.preprocess import registrators
+
+    return (BASELINE, *(name for name in registrators.names() if name != BASELINE))
+
+
+def figures(cohort: Path | None = None, backends: tuple[str, ...] | None = None, per_center: int = 2) -> list[Figure]:
+    """Every backend (default: all) against ANTs on the first `per_center` subjects of each center and the real pairs."""
     with tempfile.TemporaryDirectory(prefix="thrombus-bench-register-") as scratch:
-        results, demo, real = measure(cohort, backends, Path(scratch), per_center)
+        results, demo, real = measure(cohort, backends or every_backend(), Path(scratch), per_center)
     return figures_of(results, demo, real)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, default=None, help="a generated demo cohort (default: generated now)")
-    parser.add_argument("--backends", nargs="+", default=["ants", "greedy"])
+    parser.add_argument("--backends", nargs="+", default=None, help="default: every backend, ANTs first")
     parser.add_argument("--per-center", type=int, default=2, help="demo subjects per center")
     parser.add_argument("--work", type=Path, default=None, help="keep the outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the per-pair results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="thrombus-bench-register-") as scratch:
         work = args.work or Path(scratch)
-        results, demo, real = measure(args.cohort, tuple(args.backends), work, args.per_center)
+        results, demo, real = measure(args.cohort, tuple(args.backends or every_backend()), work, args.per_center)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     for backend, r in results.items():

@@ -15,7 +15,8 @@ Sections (each a sibling script that also runs alone, with more detail):
   when `--rule-benchmarks` names a run's `benchmarks/` folder.
 
 A section that fails is reported as failed in the table and the others still run. `--quick` leaves out
-the minutes-long parts (the stock HD-BET run, the 1000-subject DAG: 100 x 5 instead).
+the minutes-long parts (the stock HD-BET run, the registration backends' comparison, the 1000-subject
+DAG: 100 x 5 instead).
 
     .venv/bin/python benchmarks/run.py              # or: make bench
 """
@@ -45,7 +46,8 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[], list[Figure]]]:
     subjects = 100 if args.quick else args.subjects
     chosen: dict[str, Callable[[], list[Figure]]] = {
         "Skull stripping": lambda: bench_skullstrip.figures(args.threads, repeats=1 if args.quick else 3),
-        "Preprocessing of one subject": lambda: bench_preprocess.figures(args.threads, args.cohort),
+        # --quick: ANTs alone, so the registration backends' comparison (about 8 minutes) is left out
+        "Preprocessing of one subject": lambda: bench_preprocess.figures(args.threads, args.cohort, ("ants",) if args.quick else None),
         "Scale": lambda: bench_dag.figures(subjects, args.centers, args.jobs),
         "Inference": lambda: bench_inference.figures(args.threads, args.stack),
         "Training": lambda: bench_training.figures_of(bench_training.measure(args.threads, 5, 40)),
