@@ -1,14 +1,14 @@
 """Co-registration of a subject's sequences to its reference sequence.
 
 The optimisation is a backend (`thrombus.preprocess.registrators`, one module each, chosen by
-`register.backend`: greedy by default, ANTs as before); everything around it lives here and is the same for every
-backend: the overlap check, the starts tried, the fallback schedule, mutual information and QC flags,
-resampling through antspyx, and the files.
+`register.backend`: greedy by default, ANTs as before); everything around it lives here and is the
+same for every backend: the overlap check, the starts tried, the fallback schedule, mutual information
+and QC flags, resampling through antspyx, and the files.
 
 Same-session scans already share scanner coordinates, so registration starts from the identity (not
 from the centres of mass, which move when two sequences cover different parts of the head) and only
-has to remove head motion between series: Rigid, with Mattes mutual information restricted to the
-brain. Affine is an option for EPI sequences (DWI/ADC) whose distortion a rigid model cannot follow.
+has to remove head motion between series: Rigid, with mutual information restricted to the brain.
+Affine is an option for EPI sequences (DWI/ADC) whose distortion a rigid model cannot follow.
 
 When the two heads' centres lie further apart than a head moves in one session (a series from another
 session, or a header that lost its table position), an identity start lands in a local optimum that
