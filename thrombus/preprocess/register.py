@@ -188,9 +188,22 @@ def overlap_fraction(ants: ModuleType, fixed_mask: Any, moving: Any) -> float:
     return float(np.count_nonzero(on_fixed.numpy()[brain] > 0) / np.count_nonzero(brain))
 
 
-def head_centre(ants: ModuleType, image: Any) -> np.ndarray:
-    """Centre (mm, scanner space) of an image's intensity mask: where its head lies."""
-    return np.asarray(ants.get_center_of_mass(ants.get_mask(image)), dtype=float)
+#: Head centres are found on the image resampled to no finer than this (mm per axis).
+CENTRE_SPACING_MM = 3.0
+
+
+def head_centre(ants: ModuleType, image: Any, spacing_mm: float = CENTRE_SPACING_MM) -> np.ndarray:
+    """Centre (mm, scanner space) of an image's intensity mask: where its head lies.
+
+    The mask (`ants.get_mask`: above the mean, cleaned up) is computed on the image resampled to
+    `spacing_mm`, the same grid for the reference, the moving image and the result: on a 1 x 1 x 2 mm
+    SWI it took 2.0 s of a register step's 10 and 0.35 s at 3 mm, and a centre decides only whether
+    the heads lie more than 15 mm apart (and flags them 20 mm apart afterwards): on demo images the
+    centre moved by 0.1-2 mm.
+    """
+    spacing = [max(float(spacing_mm), float(s)) for s in image.spacing]
+    coarse = ants.resample_image(image, spacing, use_voxels=False, interp_type=0)
+    return np.asarray(ants.get_center_of_mass(ants.get_mask(coarse)), dtype=float)
 
 
 def mask_dice(ants: ModuleType, fixed_mask: Any, moving_mask: Any, transform: PathLike) -> float:
