@@ -15,18 +15,16 @@ use, so a backend's heavy packages cost nothing to a run that uses another.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
+
+from thrombus.preprocess.backends import load_module, module_names
 
 
 def names() -> tuple[str, ...]:
     """The backends there are: the modules of this package, sorted."""
-    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
+    return module_names(__path__)
 
 
 def load(name: str) -> ModuleType:
     """The backend module `name`; an unknown name is refused with the list of known ones."""
-    if name not in names():
-        raise ValueError(f"skull-stripping backend {name!r} unknown; expected one of {names()}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return load_module(__name__, __path__, name, "skull-stripping backend")

@@ -22,11 +22,11 @@ use, so a backend's packages cost nothing to a run that uses another.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+from thrombus.preprocess.backends import load_module, module_names
 
 #: (iterations, shrink factors, smoothing sigmas), one value per level, coarsest first.
 Schedule = tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]
@@ -48,11 +48,9 @@ class Pair:
 
 def names() -> tuple[str, ...]:
     """The backends there are: the modules of this package, sorted."""
-    return tuple(sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")))
+    return module_names(__path__)
 
 
 def load(name: str) -> ModuleType:
     """The backend module `name`; an unknown name is refused with the list of known ones."""
-    if name not in names():
-        raise ValueError(f"registration backend {name!r} unknown; expected one of {names()}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return load_module(__name__, __path__, name, "registration backend")
