@@ -326,7 +326,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     slab_depth, stride, tile, network_mm = card_prediction(loaded.card)
     probability = predict_probability(
         loaded.network, data, selected, slab_depth, request.batch_size, device, f"{request.what} stack {request.stack}", stride,
-        tile, slice_mm=float(np.linalg.norm(image.affine[:3, 2])), network_slice_mm=network_mm,
+        tile, slice_mm=float(image.header.get_zooms()[2]), network_slice_mm=network_mm,
     )
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
