@@ -7,7 +7,8 @@
 2. UpAttLLSTM against MONAI's AttentionUnet (same widths and depth) on the same input: training-step
    throughput and peak memory. On CPU each model runs in its own child process and the peak is that
    child's high-water RSS minus its RSS before the model was built; on CUDA (bf16 autocast) the peak is
-   torch's maximum allocated memory, and the batch is the largest power of two under 8 GB.
+   torch's maximum allocated memory, and the batch is the largest power of two under 8 GB. On CPU the
+   two models take turns, three times each, and each one's median run is compared.
 
 Data are demo-sized synthetic cases built in memory (the loader's speed does not depend on where the
 stacks came from). Results go to stdout and, with --out, to a JSON file.
@@ -151,6 +152,26 @@ def largest_batch_under(architecture: str, slab: tuple[int, ...], budget_gib: fl
     return best or {"architecture": architecture, "error": f"batch 1 does not fit {budget_gib} GiB"}
 
 
+def alternating_costs(architectures: tuple[str, ...], shape: tuple[int, ...], threads: int, steps: int, rounds: int) -> list[dict[str, Any]]:
+    """Each architecture's CPU step cost, measured `rounds` times in turn, each time in a fresh process.
+
+    One measurement of each swings by 20% on a shared 2-core machine; taking turns puts the same drift
+    on both, and the median run of each (its time; the highest peak of its runs) is what is compared.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {architecture: [] for architecture in architectures}
+    for _ in range(rounds):
+        for architecture in architectures:
+            runs[architecture].append(run_isolated(model_step_cost, architecture, shape, threads, "cpu", steps))
+    summary = []
+    for architecture, measured in runs.items():
+        ordered = sorted(measured, key=lambda cost: cost["seconds_per_step"])
+        median = dict(ordered[len(ordered) // 2])
+        median["peak_gib"] = max(cost["peak_gib"] for cost in measured)
+        median["rounds"] = rounds
+        summary.append(median)
+    return summary
+
+
 def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
     """Every figure of this benchmark as a JSON-able dict (the `--out` file)."""
     torch.set_num_threads(threads)
@@ -167,7 +188,7 @@ def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
                          "seconds_per_iteration": round(step["seconds_per_iteration"], 3),
                          "loader_over_step": round(loader / step["slabs_per_second"], 1)}
     shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
-    results["models_cpu"] = [run_isolated(model_step_cost, arch, shape, threads, "cpu", steps) for arch in ("upattllstm", "monai_attention_unet")]
+    results["models_cpu"] = alternating_costs(("upattllstm", "monai_attention_unet"), shape, threads, steps, rounds=3)
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
         slab = (4, options.slab_depth, *options.patch_size)

@@ -100,6 +100,21 @@ def test_fusion_attention_never_reads_a_masked_stream() -> None:
     assert torch.all(fusion(streams, availability)[2] == 0)  # none: zeros, not NaN
 
 
+def test_fusion_scores_are_those_of_a_key_per_stream() -> None:
+    """The fusion folds the key convolution into the query; its weights must be those of the plain form."""
+    torch.manual_seed(0)
+    fusion = SequenceAttentionFusion(streams=4, width=8, key_width=6)
+    torch.nn.init.normal_(fusion.sequence_embedding)
+    streams = torch.randn(3, 4, 8, 10, 12)
+    availability = torch.tensor([[1.0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0]])
+    mean = (streams * availability[:, :, None, None, None]).sum(1) / availability.sum(1)[:, None, None, None]
+    query = fusion.query(mean)
+    keys = fusion.key(streams.flatten(0, 1)).reshape(3, 4, 6, 10, 12) + fusion.sequence_embedding[None, :, :, None, None]
+    scores = (keys * query[:, None]).sum(dim=2) * fusion.scale
+    expected = masked_softmax(scores, availability[:, :, None, None], dim=1)
+    assert torch.allclose(fusion.weights(streams, availability), expected, atol=1e-6)
+
+
 def test_masked_softmax_is_finite_with_huge_scores_and_empty_masks() -> None:
     scores = torch.tensor([[1e6, -1e6, 3.0], [5.0, 1.0, 2.0]])
     mask = torch.tensor([[0, 1, 1], [0, 0, 0]])
