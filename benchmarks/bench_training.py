@@ -135,6 +135,51 @@ def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, dev
     }
 
 
+def _forward_backward_ms(part: Any, shapes: list[tuple[int, ...]], repeats: int) -> float:
+    """Median milliseconds of one forward and backward pass of `part` on random inputs of `shapes`."""
+    inputs = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    times = []
+    for _ in range(repeats + 2):  # the first two warm up the allocator and oneDNN's kernel choice
+        started = time.perf_counter()
+        part(*inputs).sum().backward()
+        times.append(time.perf_counter() - started)
+    return 1000.0 * float(np.median(times[2:]))
+
+
+def part_costs(shape: tuple[int, ...], threads: int, repeats: int = 7) -> dict[str, float]:
+    """Milliseconds of forward + backward of each part of UpAttLLSTM, on what that part sees in a step on `shape`.
+
+    Says where the time goes that MONAI's AttentionUnet (a plain U-Net with gates) does not spend: the
+    per-sequence stems and the fusion at full resolution, the slice recurrence at the bottleneck.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = ModelConfig()
+    model = build_model(config)
+    batch, channels, depth, height, width = shape
+    slices, widths = batch * depth, config.widths
+    size = [(height >> level, width >> level) for level in range(config.depth + 1)]
+    availability = torch.ones(slices, channels)
+    costs = {
+        "per-sequence stems": _forward_backward_ms(model.stems, [(slices, channels, *size[0])], repeats),
+        "attention fusion": _forward_backward_ms(lambda streams: model.fusion(streams, availability),
+                                                 [(slices, channels, config.stem_width, *size[0])], repeats),
+        "slice ConvLSTM": _forward_backward_ms(lambda x: model.lstms[str(config.depth)](x, depth),
+                                               [(slices, widths[-1], *size[-1])], repeats),
+        "skip attention gates": sum(
+            _forward_backward_ms(model.gates[level], [(slices, widths[level], *size[level]), (slices, widths[level + 1], *size[level + 1])], repeats)
+            for level in range(config.depth)),
+    }
+    encoder_inputs = [config.stem_width, *widths[:-1]]
+    costs["U-Net encoder and decoder"] = sum(
+        [_forward_backward_ms(block, [(slices, encoder_inputs[level], *size[max(level - 1, 0)])], repeats)
+         for level, block in enumerate(model.encoder)]
+        + [_forward_backward_ms(model.upsamples[level], [(slices, widths[level + 1], *size[level + 1])], repeats)
+           + _forward_backward_ms(model.decoder[level], [(slices, 2 * widths[level], *size[level])], repeats)
+           for level in range(config.depth)])
+    return {name: round(ms, 1) for name, ms in costs.items()}
+
+
 def largest_batch_under(architecture: str, slab: tuple[int, ...], budget_gib: float, steps: int) -> dict[str, Any]:
     """On CUDA: the largest power-of-two batch whose training step stays under `budget_gib`, and its cost."""
     best: dict[str, Any] | None = None
@@ -189,6 +234,7 @@ def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
                          "loader_over_step": round(loader / step["slabs_per_second"], 1)}
     shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
     results["models_cpu"] = alternating_costs(("upattllstm", "monai_attention_unet"), shape, threads, steps, rounds=3)
+    results["parts_cpu_ms"] = run_isolated(part_costs, shape, threads)
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
         slab = (4, options.slab_depth, *options.patch_size)
@@ -226,6 +272,15 @@ def figures_of(results: dict[str, Any]) -> list[Figure]:
             figure=f"{ours['slabs_per_second']:.2f} slabs/s, {ours['peak_gib']:.2f} GiB",
             baseline=f"{monai['slabs_per_second']:.2f} slabs/s, {monai['peak_gib']:.2f} GiB (MONAI AttentionUnet, same widths)",
             ratio=ours["slabs_per_second"] / monai["slabs_per_second"],
+        ))
+    if "parts_cpu_ms" in results:
+        parts = dict(results["parts_cpu_ms"])
+        unet = parts.pop("U-Net encoder and decoder")
+        rows.append(Figure(
+            step=f"UpAttLLSTM's own parts, forward + backward, {threads} CPU threads, each alone",
+            figure=", ".join(f"{name} {ms:.0f} ms" for name, ms in parts.items()),
+            baseline=f"{unet:.0f} ms (its U-Net encoder and decoder, the part MONAI's AttentionUnet also has)",
+            ratio=sum(parts.values()) / unet,
         ))
     return rows
 

@@ -39,6 +39,21 @@ def test_rungs_keep_scored_subjects_out_of_training_and_the_held_out_center_apar
         rung_specs({"train_centers": ["A"], "held_out": ["Z"]}, pool(), seed=3)
 
 
+def test_loco_may_train_on_its_own_centers_and_never_on_the_held_out_one() -> None:
+    four = pool() + [subject(f"D{i:03d}", "D", i % 4 != 0) for i in range(12)]
+    settings = {"train_centers": ["A", "B"], "held_out": ["C"], "rungs": ["monocentric", "loco", "loco_t2star"],
+                "loco_t2star": {"kind": "loco", "train_centers": ["A", "B", "D"]}}
+    specs = {s.name: s for s in rung_specs(settings, four, seed=3)}
+    assert {s[0] for s in specs["loco_t2star"].train} == {"A", "B", "D"} and len(specs["loco_t2star"].train) == 36
+    assert {s[0] for s in specs["loco"].train} == {"A", "B"}, "a rung of the loco kind keeps the plain loco as it was"
+    assert specs["loco_t2star"].scored == specs["loco"].scored
+    assert {s[0] for s in specs["monocentric"].train + specs["monocentric"].scored} == {"A", "B"}, "the other rungs keep theirs"
+    with pytest.raises(LadderError, match="held-out or unknown centers: \\['C'\\]"):
+        rung_specs({**settings, "loco_t2star": {"kind": "loco", "train_centers": ["A", "C"]}}, four, seed=3)
+    with pytest.raises(LadderError, match="unknown kind 'loko'"):
+        rung_specs({**settings, "loco_t2star": {"kind": "loko"}}, four, seed=3)
+
+
 def test_a_case_is_detected_by_one_voxel_and_every_other_component_is_a_false_positive() -> None:
     truth = np.zeros((10, 10, 10), dtype=np.uint8)
     truth[2:5, 2:5, 2:5] = 1

@@ -115,6 +115,16 @@ def _split_centers(pool: Sequence[Subject], share: float, seed: int) -> tuple[li
     return sorted(train), sorted(scored)
 
 
+def _centers_of(labelled: Sequence[Subject], centers: Sequence[str], held_out: Sequence[str]) -> list[Subject]:
+    """The labelled subjects of `centers` (loco's own training centers, which may add a center of the held-out
+    center's protocol to the SWI ones); a held-out or unknown center there is refused."""
+    known = {s.center for s in labelled}
+    wrong = sorted(set(centers) & set(held_out)) + sorted(set(centers) - known)
+    if wrong:
+        raise LadderError(f"ladder: loco.train_centers {list(centers)} names held-out or unknown centers: {wrong}")
+    return [s for s in labelled if s.center in centers]
+
+
 def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) -> list[RungSpec]:
     """The rungs the config asks for, with their subjects fixed by the seed."""
     labelled = [s for s in pool if s.thrombus in ("0", "1")]
@@ -127,21 +137,22 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
     inside = [s for s in labelled if s.center in train_centers]
     specs = []
     for name in settings.get("rungs", RUNGS):
-        if name not in RUNGS:
-            raise LadderError(f"ladder: rung {name!r} is unknown: choose among {', '.join(RUNGS)}")
         rung = dict(settings.get(name) or {})
+        kind = rung.get("kind", name)  # a rung of another name is one of the kinds with its own settings
+        if kind not in RUNGS:
+            raise LadderError(f"ladder: rung {name!r} is of unknown kind {kind!r}: choose among {', '.join(RUNGS)}")
         iterations, every = int(rung.get("iterations", 300)), int(rung.get("eval_every", 100))
-        if name == "overfit":
+        if kind == "overfit":
             subject = rung.get("subject") or sorted(s.subject for s in inside if s.thrombus == "1")[0]
             train, scored = [subject], [subject]
-        elif name == "monocentric":
+        elif kind == "monocentric":
             train, scored = _split_centers(inside, float(rung.get("scored_share", 0.33)), seed)
-        elif name == "mixed":
+        elif kind == "mixed":
             outside = [s for s in labelled if s.center in held_out]
             seen, scored = _split_centers(outside, float(rung.get("scored_share", 0.5)), seed)
             train = sorted([s.subject for s in inside] + seen)
         else:
-            train = sorted(s.subject for s in inside)
+            train = sorted(s.subject for s in _centers_of(labelled, rung.get("train_centers") or train_centers, held_out))
             scored = sorted(s.subject for s in labelled if s.center in held_out)
         specs.append(RungSpec(name, iterations, every, tuple(train), tuple(scored)))
     return specs
@@ -329,7 +340,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         "passes excluded. The `loco` rung scores the final weights, never a checkpoint chosen on its subjects.",
     ]
     order = list(context["recipes"])
-    for rung in RUNGS:
+    for rung in [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]:
         rows = sorted((r for r in results if r.rung == rung),
                       key=lambda r: order.index(r.recipe) if r.recipe in order else len(order))
         if not rows:
