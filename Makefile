@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 
 help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
-	@echo "make paper  the paper's tables with the full ablation on the 36-subject cohort: hours on 2 cores"
+	@echo "make paper  the paper's tables with the full ablation on the 48-subject cohort: hours on 2 cores"
 	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: about 2 hours"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
@@ -51,12 +51,12 @@ define run_chain
 	@echo "QC per subject / per center:               $(CURDIR)/results/qc/"
 endef
 
-# The demo's scope (config/config.yaml): 12 subjects, one training, under 20 minutes on 2 cores.
+# The demo's scope (config/config.yaml): 16 subjects, one training, under 20 minutes on 2 cores.
 demo: $(STAMP) cohort/demo/samples.tsv
 	$(call run_chain,)
 	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
 
-# The paper's three tables with the full ablation (config/paper.yaml): 36 subjects, 12 trainings, hours.
+# The paper's three tables with the full ablation (config/paper.yaml): 48 subjects, 14 trainings, hours.
 # It writes into results/ too: `make clean-demo` first when results/ holds the demo's run.
 paper: $(STAMP) cohort/paper/samples.tsv
 	$(call run_chain,--configfile config/paper.yaml)
