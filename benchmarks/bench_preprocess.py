@@ -172,9 +172,14 @@ def workflow_run(cohort: Path, work: Path, threads: int) -> tuple[float, list[st
 
 
 def bare_run(work: Path, shells: list[str]) -> float:
-    """The same commands run one after another in a fresh copy of the folder, without Snakemake."""
-    results = work / "results"
-    shutil.rmtree(results)
+    """The same commands run one after another in a fresh copy of the folder, without Snakemake.
+
+    Everything the jobs wrote goes first; `results/dicom` stays: its links to the series are made by
+    Snakemake at start-up, not by a job, and the convert command reads them.
+    """
+    for output in (work / "results").iterdir():
+        if output.name != "dicom":
+            shutil.rmtree(output) if output.is_dir() and not output.is_symlink() else output.unlink()
     shutil.rmtree(work / "logs", ignore_errors=True)
     total = 0.0
     for shell in shells:
