@@ -15,7 +15,7 @@ export PATH := $(BIN):$(PATH)
 help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
 	@echo "make paper  the paper's tables with the full ablation on the 48-subject cohort: hours on 2 cores"
-	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: about 2 hours"
+	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: over 2 hours"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
 	@echo "make lint   snakemake --lint on the demo config"

@@ -115,13 +115,13 @@ def _split_centers(pool: Sequence[Subject], share: float, seed: int) -> tuple[li
     return sorted(train), sorted(scored)
 
 
-def _centers_of(labelled: Sequence[Subject], centers: Sequence[str], held_out: Sequence[str]) -> list[Subject]:
+def _centers_of(labelled: Sequence[Subject], centers: Sequence[str], held_out: Sequence[str], rung: str) -> list[Subject]:
     """The labelled subjects of `centers` (loco's own training centers, which may add a center of the held-out
     center's protocol to the SWI ones); a held-out or unknown center there is refused."""
     known = {s.center for s in labelled}
     wrong = sorted(set(centers) & set(held_out)) + sorted(set(centers) - known)
     if wrong:
-        raise LadderError(f"ladder: loco.train_centers {list(centers)} names held-out or unknown centers: {wrong}")
+        raise LadderError(f"ladder: {rung}.train_centers {list(centers)} names held-out or unknown centers: {wrong}")
     return [s for s in labelled if s.center in centers]
 
 
@@ -152,7 +152,7 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
             seen, scored = _split_centers(outside, float(rung.get("scored_share", 0.5)), seed)
             train = sorted([s.subject for s in inside] + seen)
         else:
-            train = sorted(s.subject for s in _centers_of(labelled, rung.get("train_centers") or train_centers, held_out))
+            train = sorted(s.subject for s in _centers_of(labelled, rung.get("train_centers") or train_centers, held_out, name))
             scored = sorted(s.subject for s in labelled if s.center in held_out)
         specs.append(RungSpec(name, iterations, every, tuple(train), tuple(scored)))
     return specs
