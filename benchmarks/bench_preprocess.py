@@ -178,8 +178,12 @@ def bare_run(work: Path, shells: list[str]) -> float:
     Snakemake at start-up, not by a job, and the convert command reads them.
     """
     for output in (work / "results").iterdir():
-        if output.name != "dicom":
-            shutil.rmtree(output) if output.is_dir() and not output.is_symlink() else output.unlink()
+        if output.name == "dicom":
+            continue
+        if output.is_dir() and not output.is_symlink():
+            shutil.rmtree(output)
+        else:
+            output.unlink()
     shutil.rmtree(work / "logs", ignore_errors=True)
     total = 0.0
     for shell in shells:
