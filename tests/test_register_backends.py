@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -142,3 +143,28 @@ def test_both_backends_start_from_the_centres_when_heads_lie_far_apart(tmp_path:
         qc = record["qc"]
         assert qc["centre_gap_mm"] > 30 and qc["start"] == "centres", (backend, qc)
         assert qc["translation_mm"] == pytest.approx(np.linalg.norm(_motion()[:3, 3] + [40.0, 0, 0]), abs=1.0), (backend, qc)
+
+
+def test_greedy_output_is_captured_and_its_line_search_messages_become_one_log_line(caplog: Any) -> None:
+    """What C code prints on descriptor 1, unterminated and still in stdio's buffer, is captured rather than glued
+    to the step's next log line; the line-search messages are counted and said once; anything else is kept."""
+    import ctypes
+    import logging
+
+    from thrombus.preprocess.registrators.greedy import _captured_stdout, _report
+
+    message = (" IFLAG= -1  LINE SEARCH FAILED. SEE DOCUMENTATION OF ROUTINE MCSRCH ERROR RETURN OF LINE SEARCH: INFO= 3"
+               " POSSIBLE CAUSES: FUNCTION OR GRADIENT ARE INCORRECT OR INCORRECT TOLERANCES")
+    libc = ctypes.CDLL(None)
+    with _captured_stdout() as printed:
+        libc.printf((message * 2 + "other text").encode())  # left in C's buffer: no newline, no flush
+    assert printed.getvalue() == message * 2 + "other text"
+    with caplog.at_level(logging.INFO, logger="thrombus.preprocess.registrators.greedy"):
+        _report(printed.getvalue(), (100, 50))
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and "stopped early 2 time(s)" in lines[0] and "100x50" in lines[0], lines
+    assert lines[1] == "greedy printed: other text"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="thrombus.preprocess.registrators.greedy"):
+        _report("", (10,))
+    assert not caplog.records

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +35,8 @@ from thrombus.preprocess.registrators import Pair, Schedule
 if TYPE_CHECKING:
     from thrombus.preprocess.register import RegistrationOptions
 
+log = logging.getLogger(__name__)
+
 #: Packages whose code shapes this backend's transform (recorded with the step).
 VERSIONS: tuple[str, ...] = ("picsl-greedy", "SimpleITK")
 
@@ -41,6 +46,11 @@ ITERATIONS: tuple[int, ...] = (100, 50, 10)
 MASK_MARGIN_MM = 10.0
 #: LPS <-> RAS: ITK files are in LPS, greedy's matrices in RAS.
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: What greedy's L-BFGS (Nocedal's MCSRCH) prints, unterminated, when a line search ends without a step that
+#: lowers the metric enough: the optimiser stops at its best point so far, which the step then checks as it
+#: checks any result (mutual information before and after, the QC flags).
+LINE_SEARCH_FAILED = re.compile(
+    r"\s*IFLAG=\s*-?\d+\s+LINE SEARCH FAILED\..*?(?:INCORRECT TOLERANCES|$)", re.DOTALL | re.MULTILINE)
 
 
 def optimise(pair: Pair, options: RegistrationOptions, schedule: Schedule, start: str, prefix: Path) -> Path:
@@ -82,9 +92,25 @@ def _run(fixed: Any, fixed_mask: Any | None, moving: Any, moving_mask: Any | Non
         images["moving_mask"] = _to_sitk(_widened(moving_mask))
         command.append("-mm moving_mask")
     greedy = Greedy3D()
-    with _stdout_to_stderr():  # its optimiser prints straight to stdout; the step's log is stderr
+    with _captured_stdout() as printed:  # its optimiser prints straight to file descriptor 1
         greedy.execute(" ".join(command), out=io.StringIO(), err=io.StringIO(), **images)
+    _report(printed.getvalue(), counts)
     return np.asarray(greedy["result"], dtype=float)
+
+
+def _report(printed: str, counts: tuple[int, ...]) -> None:
+    """The optimiser's own output as log lines: its line-search messages as one line saying what they mean.
+
+    Written raw, each message landed unterminated in the step's log, glued to the next log line; other
+    text, which greedy does not print at `-V 0`, is passed on unchanged.
+    """
+    failures = len(LINE_SEARCH_FAILED.findall(printed))
+    rest = LINE_SEARCH_FAILED.sub("", printed).strip()
+    if failures:
+        log.info("greedy (levels %s): the L-BFGS line search stopped early %d time(s); the optimiser kept its best "
+                 "point, checked below like any result", "x".join(map(str, counts)), failures)
+    if rest:
+        log.info("greedy printed: %s", rest)
 
 
 def _iterations(shrink: tuple[int, ...]) -> tuple[int, ...]:
@@ -96,16 +122,34 @@ def _iterations(shrink: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """File descriptor 1 pointed at 2 for the duration (C code writes there, past Python's sys.stdout)."""
+def _captured_stdout() -> Iterator[io.StringIO]:
+    """File descriptor 1 read into a string for the duration (C code writes there, past Python's sys.stdout).
+
+    The string is filled when the block ends, even when it raises, so nothing greedy printed is lost.
+    """
     sys.stdout.flush()
     saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    text = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            yield text
+        finally:
+            sys.stdout.flush()
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text.write(sink.read().decode("utf-8", errors="replace"))
+
+
+def _flush_c_stdio() -> None:
+    """C's stdio buffers written out (fflush(NULL)): a file is fully buffered, and what greedy left there would
+    otherwise reach the real stdout after the redirection ends."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 def _to_sitk(image: Any) -> Any:
