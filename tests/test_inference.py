@@ -45,7 +45,7 @@ from thrombus.model import ModelConfig, build_model
 from thrombus.nifti import VolumeError
 from thrombus.training.card import CheckpointError, card_prediction, load_checkpoint, make_card, save_checkpoint
 from thrombus.training.data import AugmentOptions, Case, CaseSource, at_slice_spacing, load_case
-from thrombus.model.sliding import network_depth, predict_case, resample_slices, slab_centres, tile_starts
+from thrombus.model.sliding import OUTSIDE_LOGIT, network_depth, predict_case, resample_slices, slab_centres, tile_starts
 from thrombus.training.options import GMDSettings, TrainOptions
 from thrombus.training.trainer import TrainRun, train
 
@@ -119,19 +119,19 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- predict_probability and --sequences ---------------------------------------------------------------
 
 
-def test_probability_covers_the_grid_and_is_zero_outside_the_brain_box(tmp_path: Path) -> None:
+def test_probability_covers_the_grid_and_is_zero_outside_the_brain(tmp_path: Path) -> None:
+    """Zero wherever the stack has no signal (around the brain box and in its empty corners), as in validation."""
     stack, _ = make_stack(1, positive=True)
     torch.manual_seed(0)
     model = build_model(TINY_MODEL)
     probability = predict_probability(model, stack, np.ones(4, dtype=np.float32), 3, 4, CPU)
     assert probability.shape == SHAPE and probability.dtype == np.float32
     assert probability.min() >= 0.0 and probability.max() <= 1.0
-    inside = np.zeros(SHAPE, dtype=bool)
-    coords = np.argwhere(np.any(stack != 0, axis=3))
+    brain = np.any(stack != 0, axis=3)
+    coords = np.argwhere(brain)
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(axis=0), coords.max(axis=0)))
-    inside[box] = True
-    assert not inside.all(), "the test stack must have background around the brain box"
-    assert not probability[~inside].any() and (probability[inside] > 0).all()
+    assert not brain[box].all(), "the test stack must have background inside its brain box"
+    assert not probability[~brain].any() and (probability[brain] > 0).all()
     # Same numbers, in the same place, as the validation pass of training on the same stack.
     folder = tmp_path / "case"
     stack_path, summary = write_stack(folder, stack)
@@ -171,7 +171,8 @@ def test_tiled_prediction_reads_each_window_as_a_patch_of_its_own(tmp_path: Path
     tiled = predict_case(model, case, 3, 4, CPU, tile=(16, 16))
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     # the top-left corner is covered by the first tile only: it is that tile's own prediction
-    alone = predict_case(model, type(case)(**{**case.__dict__, "image": case.image[:, :, :16, :16].contiguous()}), 3, 4, CPU)
+    corner = {"image": case.image[:, :, :16, :16].contiguous(), "brain": case.brain[:, :16, :16].contiguous()}
+    alone = predict_case(model, type(case)(**{**case.__dict__, **corner}), 3, 4, CPU)
     torch.testing.assert_close(tiled[:, :8, :8], alone[:, :8, :8])
 
 
@@ -228,8 +229,10 @@ def test_inference_reads_the_slices_at_the_spacing_of_the_card(tmp_path: Path) -
     torch.manual_seed(0)
     model = build_model(TINY_MODEL).eval()
     depth = network_depth(case.image.shape[1], case.slice_mm, 1.0)
-    by_hand = dataclasses.replace(case, image=resample_slices(case.image, depth), slice_mm=1.0)
+    everywhere = torch.ones((depth, *case.image.shape[2:]), dtype=torch.bool)  # the brain is applied on the case's own grid
+    by_hand = dataclasses.replace(case, image=resample_slices(case.image, depth), slice_mm=1.0, brain=everywhere)
     expected = resample_slices(predict_case(model, by_hand, 3, 4, CPU, stride=1), case.image.shape[1])
+    expected = expected.masked_fill(~case.brain, OUTSIDE_LOGIT)
     torch.testing.assert_close(predict_case(model, case, 3, 4, CPU, slice_mm=1.0), expected)
     coords = np.argwhere(np.any(stack != 0, axis=3))
     box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(axis=0), coords.max(axis=0)))

@@ -99,9 +99,10 @@ def predict_probability(
     slice_mm: float = 0.0,
     network_slice_mm: float | None = None,
 ) -> np.ndarray:
-    """Thrombus probability (X, Y, Z) float32 on the stack's full grid, zero outside the brain's bounding box.
+    """Thrombus probability (X, Y, Z) float32 on the stack's full grid, zero outside the brain (`predict_case`).
 
-    `image` is (X, Y, Z, C) with missing channels zero-filled; the box and slab order are those of
+    `image` is (X, Y, Z, C) with missing channels zero-filled; the brain is where it has signal, so a
+    dropped sequence counts as a missing one, not towards it. The box and slab order are those of
     `load_case` / `predict_case`, so this is the validation pass of training on unlabelled data. The
     model is moved to `device` and run in eval mode (its mode is restored afterwards).
     """
