@@ -330,6 +330,36 @@ def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) ->
         assert (tmp_path / "resumed" / name).exists(), name
 
 
+def test_too_few_positive_validation_subjects_choose_no_checkpoint(cohort: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """One thrombus-positive validation subject (fewer than MIN_POSITIVES): best.pt is the final weights and says
+    why; with the bar lowered to one, the validations choose again (best.pt is the iteration with the best Dice)."""
+    from thrombus.inference import postprocess
+    from thrombus.training import validation
+
+    assert validation.MIN_POSITIVES == postprocess.MIN_POSITIVES  # checkpoint and postprocessing: one rule
+    result = train(make_run(cohort, tmp_path / "few", quick_options(iterations=6)))
+    assert result.best["iteration"] == 6 and result.best["selection"].startswith("latest weights: 1 thrombus-positive")
+    best, latest = weights(tmp_path / "few" / "best.pt"), weights(tmp_path / "few" / "latest.pt")
+    assert all(torch.equal(best[name], latest[name]) for name in latest)
+    card = json.loads((tmp_path / "few" / "model_card.json").read_text())
+    assert card["result"]["best"]["selection"] == result.best["selection"]
+
+    monkeypatch.setattr(validation, "MIN_POSITIVES", 1)
+    chosen = train(make_run(cohort, tmp_path / "chosen", quick_options(iterations=6)))
+    rows = [r for r in csv_rows(tmp_path / "chosen" / "training_log.csv") if r["val_dice"]]
+    top = max(float(r["val_dice"]) for r in rows)
+    assert chosen.best["selection"] == "best validation Dice"
+    assert chosen.best["iteration"] == min(int(r["iteration"]) for r in rows if float(r["val_dice"]) == top)
+    assert torch.load(tmp_path / "chosen" / "best.pt", weights_only=True)["iteration"] == chosen.best["iteration"]
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 @pytest.mark.fault
 def test_killed_between_latest_and_best_resumes_to_the_same_weights(cohort: Path, tmp_path: Path) -> None:
     """A kill after latest.pt but before best.pt was renamed (seen in the SIGKILL test): no best.pt and a

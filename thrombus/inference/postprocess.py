@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 THRESHOLDS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Minimum component volumes (mm^3) searched by calibration; 0 keeps everything.
 SIZES_MM3: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0)
-#: Fewer thrombus-positive validation subjects than this: the defaults are kept (module docstring).
+#: Fewer thrombus-positive validation subjects than this: the defaults are kept (module docstring). The
+#: number training needs to choose best.pt (`thrombus.training.validation.MIN_POSITIVES`, which imports
+#: torch; a test keeps the two equal).
 MIN_POSITIVES = 4
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one component.
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)

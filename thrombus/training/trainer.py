@@ -3,7 +3,10 @@
 One run trains one fold of a split file for a fixed number of iterations (nnU-Net counts iterations,
 not epochs: with foreground oversampling an "epoch" has no meaning). Every `val_every` iterations the
 model predicts the whole volumes of the validation subjects by sliding slabs and is scored; `latest.pt`
-is written then, and `best.pt` whenever the validation Dice improves.
+is written then, and `best.pt` whenever the validation Dice improves. With fewer thrombus-positive
+validation subjects than `validation.MIN_POSITIVES` a validation chooses nothing: best.pt is written at
+every validation, so it ends as the final weights (the choice on so few subjects is noise), and the
+curve is still drawn.
 
 The loss is soft Dice plus binary cross-entropy. The Dice term is computed over the whole batch at once
 (nnU-Net's batch Dice): most slabs hold no thrombus, a per-slab Dice would be undefined or all-or-nothing
@@ -44,7 +47,7 @@ from thrombus.training.gmd import apply_gmd, strength
 from thrombus.training.optim import make_loss, make_optimizer, make_schedule, set_foreground_prior
 from thrombus.training.options import TrainOptions
 from thrombus.training.state import restore_rng_state, rng_state, seed_everything
-from thrombus.training.validation import Validation, validate
+from thrombus.training.validation import MIN_POSITIVES, Validation, chooses, validate
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,10 @@ class Trainer:
         self.seconds = 0.0
         self.best: dict[str, Any] = {"iteration": None, "val_dice": None, "val_loss": None, "score": None}
         self.rows: list[dict[str, Any]] = []
+        self.chooses = chooses(run.val_cases)
+        self.selection = "best validation Dice" if self.chooses else (
+            f"latest weights: {sum(1 for c in run.val_cases if c.positive)} thrombus-positive validation subjects, "
+            f"fewer than the {MIN_POSITIVES} a choice needs")
 
     def state(self) -> dict[str, Any]:
         """The training state saved beside the weights."""
@@ -188,9 +195,10 @@ class Trainer:
         result = validate(self.model, self.run.val_cases, self.loss_fn, self.options, self.device)
         # Dice decides when a validation case has a thrombus; otherwise only the loss can.
         score = result.dice if not math.isnan(result.dice) else -result.loss
-        improved = self.best["score"] is None or score > self.best["score"]
+        improved = not self.chooses or self.best["score"] is None or score > self.best["score"]
         if improved:
-            self.best = {"iteration": self.iteration, "val_dice": result.dice, "val_loss": result.loss, "score": score}
+            self.best = {"iteration": self.iteration, "val_dice": result.dice, "val_loss": result.loss, "score": score,
+                         "selection": self.selection}
         self.rows[-1].update(val_dice=result.dice, val_loss=result.loss)
         self.save("latest.pt")
         if improved:
@@ -200,7 +208,7 @@ class Trainer:
             self.iteration,
             result.dice,
             result.loss,
-            " (best)" if improved else "",
+            (" (best)" if self.chooses else " (best.pt: the latest weights)") if improved else "",
             {k: round(v, 3) for k, v in result.per_case.items()},
         )
         return result
@@ -302,8 +310,9 @@ def finish(trainer: Trainer) -> None:
     )
     if trainer.best["iteration"] is not None:
         log.info(
-            "best validation at iteration %s: Dice %s, loss %s",
+            "best.pt is iteration %s (%s): validation Dice %s, loss %s",
             trainer.best["iteration"],
+            trainer.best.get("selection", "best validation Dice"),
             trainer.best["val_dice"],
             trainer.best["val_loss"],
         )
