@@ -47,7 +47,7 @@ from thrombus.training.gmd import apply_gmd, strength
 from thrombus.training.optim import make_loss, make_optimizer, make_schedule, set_foreground_prior
 from thrombus.training.options import TrainOptions
 from thrombus.training.state import restore_rng_state, rng_state, seed_everything
-from thrombus.training.validation import MIN_POSITIVES, Validation, chooses, validate
+from thrombus.training.validation import Validation, too_few_to_choose, validate
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,7 @@ class Trainer:
         self.seconds = 0.0
         self.best: dict[str, Any] = {"iteration": None, "val_dice": None, "val_loss": None, "score": None}
         self.rows: list[dict[str, Any]] = []
-        self.chooses = chooses(run.val_cases)
-        self.selection = "best validation Dice" if self.chooses else (
-            f"latest weights: {sum(1 for c in run.val_cases if c.positive)} thrombus-positive validation subjects, "
-            f"fewer than the {MIN_POSITIVES} a choice needs")
+        self.too_few = too_few_to_choose(run.val_cases)  # None: each validation chooses best.pt
 
     def state(self) -> dict[str, Any]:
         """The training state saved beside the weights."""
@@ -195,10 +192,10 @@ class Trainer:
         result = validate(self.model, self.run.val_cases, self.loss_fn, self.options, self.device)
         # Dice decides when a validation case has a thrombus; otherwise only the loss can.
         score = result.dice if not math.isnan(result.dice) else -result.loss
-        improved = not self.chooses or self.best["score"] is None or score > self.best["score"]
+        improved = self.too_few is not None or self.best["score"] is None or score > self.best["score"]
         if improved:
             self.best = {"iteration": self.iteration, "val_dice": result.dice, "val_loss": result.loss, "score": score,
-                         "selection": self.selection}
+                         "selection": self.too_few or "best validation Dice"}
         self.rows[-1].update(val_dice=result.dice, val_loss=result.loss)
         self.save("latest.pt")
         if improved:
@@ -208,7 +205,7 @@ class Trainer:
             self.iteration,
             result.dice,
             result.loss,
-            (" (best)" if self.chooses else " (best.pt: the latest weights)") if improved else "",
+            (" (best.pt: the latest weights)" if self.too_few else " (best)") if improved else "",
             {k: round(v, 3) for k, v in result.per_case.items()},
         )
         return result

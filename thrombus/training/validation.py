@@ -31,9 +31,12 @@ class Validation:
     per_case: dict[str, float]
 
 
-def chooses(cases: Sequence[Case]) -> bool:
-    """Whether these validation subjects are enough to choose between checkpoints (`MIN_POSITIVES`)."""
-    return sum(1 for case in cases if case.positive) >= MIN_POSITIVES
+def too_few_to_choose(cases: Sequence[Case]) -> str | None:
+    """Why these validation subjects cannot choose between checkpoints (`MIN_POSITIVES`), or None when they can."""
+    positives = sum(1 for case in cases if case.positive)
+    if positives >= MIN_POSITIVES:
+        return None
+    return f"latest weights: {positives} thrombus-positive validation subjects, fewer than the {MIN_POSITIVES} a choice needs"
 
 
 def dice_score(logits: Tensor, case: Case) -> float:
