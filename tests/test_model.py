@@ -115,6 +115,26 @@ def test_fusion_scores_are_those_of_a_key_per_stream() -> None:
     assert torch.allclose(fusion.weights(streams, availability), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(("stem_width", "norm_groups"), [(8, 8), (16, 4)])
+def test_the_stems_run_side_by_side_as_each_stem_alone(stem_width: int, norm_groups: int) -> None:
+    """One grouped block gives each stem's own output and gradients, and the checkpoint keeps one block a stem."""
+    torch.manual_seed(0)
+    stems = SlabUNet(ModelConfig(stem_width=stem_width, norm_groups=norm_groups)).stems
+    x = torch.randn(3, 4, 16, 20)
+    alone = torch.stack([stem(x[:, index : index + 1]) for index, stem in enumerate(stems.stems)], dim=1)
+    alone.square().sum().backward()
+    expected = [parameter.grad.clone() for parameter in stems.parameters()]
+    stems.zero_grad()
+    together = stems(x)
+    together.square().sum().backward()
+    assert together.shape == (3, 4, stem_width, 16, 20)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    scale = max(gradient.abs().max().item() for gradient in expected)
+    for parameter, gradient in zip(stems.parameters(), expected):  # a bias before GroupNorm gets ~0: absolute tolerance
+        torch.testing.assert_close(parameter.grad, gradient, rtol=1e-4, atol=1e-5 * scale)
+    assert {key.split(".")[1] for key in stems.state_dict()} == {"0", "1", "2", "3"}
+
+
 def test_masked_softmax_is_finite_with_huge_scores_and_empty_masks() -> None:
     scores = torch.tensor([[1e6, -1e6, 3.0], [5.0, 1.0, 2.0]])
     mask = torch.tensor([[0, 1, 1], [0, 0, 0]])

@@ -30,6 +30,7 @@ from thrombus.model.blocks import (
     check_slab,
     crop_padding,
     pad_to_multiple,
+    run_side_by_side,
     slab_to_slices,
     slices_to_slab,
     zero_missing,
@@ -71,7 +72,8 @@ class SequenceStems(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([stem(x[:, index : index + 1]) for index, stem in enumerate(self.stems)], dim=1)
+        features = run_side_by_side(list(self.stems), x)
+        return features.reshape(x.shape[0], len(self.stems), -1, *features.shape[-2:])
 
 
 class SlabUNet(nn.Module):
