@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 import yaml
 
-from thrombus.ladder import LadderError, load_ladder_config, read_results, render_results, rung_specs, run_ladder, score_case
+from thrombus.ladder import (
+    LadderError,
+    Point,
+    RungResult,
+    load_ladder_config,
+    read_results,
+    render_results,
+    rung_specs,
+    run_ladder,
+    score_case,
+    write_results,
+)
+from thrombus.ladder_cli import rows_beside
 from thrombus.samples import Subject
 
 from test_training import CHANNELS, HARMONISE, TINY_MODEL, cohort, sheet_subjects  # noqa: F401  (cohort: fixture)
@@ -78,14 +90,28 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
         "recipes": {"tiny": recipe}}}))
     base = {"model": TINY_MODEL.to_dict(), "train": {}, "harmonise": HARMONISE}
     settings = load_ladder_config(config, base)
-    results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234")
-    assert [(r.rung, len(r.points)) for r in results] == [("overfit", 2), ("monocentric", 1), ("mixed", 1), ("loco", 2)]
-    assert all(r.whole_slices is not None and r.commit == "abc1234" for r in results)
-    assert all(p.cpu_seconds > 0 and 0.0 <= p.dice <= 1.0 for r in results for p in r.points)
-    assert read_results(tmp_path / "out" / "ladder.json") == results
+    # the committed row store already holds a row run elsewhere, imported with figures its page never showed
+    store = tmp_path / "RESULTS.json"
+    earlier = RungResult("older", "loco", ["A001"], ["C001"], [
+        Point(200, None, None, 0.05, 0, 1, None, 0, None),
+        Point(400, 61.0, None, 0.5, 1, 1, 0, 0, 0.0)], commit="0ld0ne", threads=2, machine="another machine",
+        source="imported from an older RESULTS.md")
+    write_results(store, [earlier])
+    results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234", rows=store)
+    ran = [r for r in results if r.recipe == "tiny"]
+    assert [(r.rung, len(r.points)) for r in ran] == [("overfit", 2), ("monocentric", 1), ("mixed", 1), ("loco", 2)]
+    assert all(r.whole_slices is not None and r.commit == "abc1234" and r.machine and r.date for r in ran)
+    assert all(p.cpu_seconds > 0 and 0.0 <= p.dice <= 1.0 for r in ran for p in r.points)
+    assert sorted(read_results(store), key=lambda r: (r.rung, r.recipe)) == sorted(results, key=lambda r: (r.rung, r.recipe))
+    assert not (tmp_path / "out" / "ladder.json").exists()  # the rows went to the store, checkpoints to out/
     text = render_results(results, {"command": "thrombus ladder", "config": str(config), "samples": "s.tsv", "seed": 1,
-                                    "threads": 1, "machine": "test", "commit": "abc1234", "date": "2026-12-05",
-                                    "recipes": {"tiny": recipe}})
+                                    "rows": str(store), "date": "2026-12-05", "recipes": {"tiny": recipe}})
     for needed in ("### overfit: 1 training subjects, 1 scored", "### loco: 8 training subjects, 4 scored", "| tiny | 4 |",
-                   "read as whole slices", "abc1234"):
+                   "read as whole slices", "overfit / tiny, monocentric / tiny, mixed / tiny, loco / tiny: commit abc1234", "| older | 400 | 1.0 | 0.50 | 1/1 | - | 0.0 | 0.50 @ 400 | 1.0 |",
+                   "- loco / older: commit 0ld0ne, another machine, 2 torch threads; imported from an older RESULTS.md"):
         assert needed in text, needed
+
+
+def test_the_row_store_sits_beside_the_page_it_renders(tmp_path: Path) -> None:
+    assert rows_beside("RESULTS.md", tmp_path) == Path("RESULTS.json")
+    assert rows_beside(None, tmp_path) == tmp_path / "ladder.json"

@@ -64,17 +64,21 @@ class RungSpec:
 
 @dataclass
 class Point:
-    """The scores of one pass over the scored subjects."""
+    """The scores of one pass over the scored subjects.
+
+    None marks a figure a row imported from an older RESULTS.md never showed (its intermediate points
+    listed Dice and detections only); a run fills every field.
+    """
 
     iteration: int
-    cpu_seconds: float
-    wall_seconds: float
+    cpu_seconds: float | None
+    wall_seconds: float | None
     dice: float
     detected: int
     positives: int
-    negatives_with_fp: int
+    negatives_with_fp: int | None
     negatives: int
-    fp_components: float
+    fp_components: float | None
     per_case: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,13 +94,22 @@ class RungResult:
     whole_slices: Point | None = None
     commit: str = ""
     threads: int = 0
+    machine: str = ""
+    date: str = ""
+    source: str = ""  # empty for a run; otherwise where the row's figures came from
 
     def minutes_to(self, dice: float) -> float | None:
-        """CPU minutes until the scored Dice first reached `dice` (None: never)."""
+        """CPU minutes until the scored Dice first reached `dice` (None: never, or not recorded)."""
         for point in self.points:
             if point.dice >= dice:
-                return point.cpu_seconds / 60.0
+                return None if point.cpu_seconds is None else point.cpu_seconds / 60.0
         return None
+
+    def provenance(self) -> str:
+        """Where the row comes from: commit, machine, threads, day, and its source when not a run."""
+        text = f"commit {self.commit or 'unknown'}, {self.machine or 'machine not recorded'}, {self.threads} torch threads"
+        text += f", {self.date}" if self.date else ""
+        return text + (f"; {self.source}" if self.source else "")
 
 
 def _split_centers(pool: Sequence[Subject], share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -258,11 +271,12 @@ def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int,
-               progress: bool = False, commit: str = "") -> list[RungResult]:
-    """Every recipe on every rung; results are written as they come (`ladder.json`), so a cut run keeps its rungs.
+               progress: bool = False, commit: str = "", rows: Path | None = None) -> list[RungResult]:
+    """Every recipe on every rung; results are written as they come to `rows`, so a cut run keeps its rungs.
 
-    A result already in `ladder.json` for another recipe or rung is kept (a run with `only` adds to the
-    table); one for the same recipe and rung is replaced.
+    `rows` (default `out_dir/ladder.json`) is the row store RESULTS.md is rendered from: a row already
+    there for another recipe or rung is kept (a run with `only` adds to the table, whichever machine ran
+    the others); one for the same recipe and rung is replaced. Checkpoints stay in `out_dir`.
     """
     from thrombus.training.data import case_sources, load_cases
 
@@ -273,7 +287,8 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
     loaded = load_cases(case_sources([by_id[name] for name in needed], root), channels)
     cases = {case.subject: case for case in loaded}
-    results = read_results(out_dir / "ladder.json") if (out_dir / "ladder.json").exists() else []
+    rows = rows or out_dir / "ladder.json"
+    results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
     for spec in specs:
         for recipe, sections in settings["recipes"].items():
@@ -281,13 +296,20 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
                 continue
             result = run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress)
             result.commit, result.threads = commit, threads
+            result.machine, result.date = machine_description(), time.strftime("%Y-%m-%d", time.gmtime())
             results = [r for r in results if (r.recipe, r.rung) != (recipe, spec.name)] + [result]
-            write_json(out_dir / "ladder.json", [dataclasses.asdict(r) for r in results])
+            write_results(rows, results)
     return results
 
 
+def write_results(path: Path, results: Sequence[RungResult]) -> None:
+    """The row store, in a stable order (rung, then recipe) so that a committed store diffs by row."""
+    ordered = sorted(results, key=lambda r: (r.rung, r.recipe))
+    write_json(path, [dataclasses.asdict(r) for r in ordered])
+
+
 def read_results(path: Path) -> list[RungResult]:
-    """`ladder.json` back as results."""
+    """The row store (`ladder.json`, RESULTS.json) back as results."""
     return [RungResult(**{**r, "points": [Point(**p) for p in r["points"]],
                           "whole_slices": Point(**r["whole_slices"]) if r.get("whole_slices") else None})
             for r in read_json(path)]
@@ -301,7 +323,8 @@ def _final_row(result: RungResult) -> str:
     last = result.points[-1]
     best = max(result.points, key=lambda p: (p.dice if not math.isnan(p.dice) else -1.0))
     negatives = f"{last.negatives_with_fp}/{last.negatives}" if last.negatives else "-"
-    return (f"| {result.recipe} | {last.iteration} | {_fmt(last.cpu_seconds / 60, 1)} | {_fmt(last.dice)} | "
+    minutes = None if last.cpu_seconds is None else last.cpu_seconds / 60
+    return (f"| {result.recipe} | {last.iteration} | {_fmt(minutes, 1)} | {_fmt(last.dice)} | "
             f"{last.detected}/{last.positives} | {negatives} | {_fmt(last.fp_components, 1)} | "
             f"{_fmt(best.dice)} @ {best.iteration} | {_fmt(result.minutes_to(0.5), 1)} |")
 
@@ -326,12 +349,10 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         "",
         "## The learnability ladder",
         "",
-        f"Command: `{context['command']}`  ",
-        f"Config: `{context['config']}` (recipes below), sheet `{context['samples']}`, seed {context['seed']}, "
-        f"{context['threads']} torch threads  ",
-        f"Machine: {context['machine']}  ",
-        f"Commit of each row: {', '.join(sorted({r.commit for r in results if r.commit})) or context['commit']}; "
-        f"rendered {context['date']}",
+        f"Rendered by `{context['command']}` on {context['date']} from the row store `{context['rows']}`, where each",
+        "run adds or replaces its recipe's row on its rung; the provenance of each row (commit, machine, threads, day)",
+        f"is listed at the end. Config: `{context['config']}` (recipes below), sheet `{context['samples']}`, "
+        f"seed {context['seed']}.",
         "",
         "Scores at threshold 0.5 without size filter (the network's own output), on whole volumes predicted as the",
         "recipe's validation and inference predict them (whole slices, or tiles of the patch with `predict_tiled`); detection:",
@@ -365,6 +386,12 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
     lines += ["", "Recipes (laid over the workflow config's `model` and `train` sections):", ""]
     for name, overlay in context["recipes"].items():
         lines.append(f"- `{name}`: `{json.dumps(overlay, sort_keys=True)}`")
+    lines += ["", "Provenance of each row (rung / recipe):", ""]
+    rung_order = [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]
+    by_source: dict[str, list[str]] = {}
+    for r in sorted(results, key=lambda r: (rung_order.index(r.rung), r.recipe)):
+        by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}")
+    lines += [f"- {', '.join(rows)}: {source}" for source, rows in by_source.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -26,11 +26,18 @@ def _commit() -> str:
     return head + (" with uncommitted changes" if dirty else "")
 
 
+def rows_beside(results: str | None, out_dir: Path) -> Path:
+    """The row store a run adds to: beside the Markdown it renders (RESULTS.md -> RESULTS.json), so the rows
+    are committed with the page and a run on another machine adds to them instead of starting a new table;
+    with no Markdown named, `out_dir/ladder.json`."""
+    return Path(results).with_suffix(".json") if results else out_dir / "ladder.json"
+
+
 def _cmd_ladder(args: argparse.Namespace) -> int:
     import yaml
 
     from thrombus.io import write_text
-    from thrombus.ladder import load_ladder_config, machine_description, read_results, render_results, run_ladder
+    from thrombus.ladder import load_ladder_config, read_results, render_results, run_ladder
 
     base = yaml.safe_load(Path(args.workflow_config).read_text())
     settings = load_ladder_config(Path(args.config), base)
@@ -40,21 +47,23 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     seed = int(settings.get("seed", base.get("seed", 0)))
     threads = int(args.threads or settings.get("threads", 2))
+    rows = Path(args.rows) if args.rows else rows_beside(args.results, out_dir)
     if not args.report_only:
-        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit())
+        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit(), rows=rows)
+    elif not rows.exists():
+        log.error("ladder: no row store at %s to render (run some rungs first, or name it with --rows)", rows)
+        return 1
     raw = yaml.safe_load(Path(args.config).read_text())["ladder"]["recipes"]
     context = {
         "command": "thrombus " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("thrombus") else "thrombus ladder ...",
         "config": args.config,
         "samples": settings["samples"],
         "seed": seed,
-        "threads": threads,
-        "machine": machine_description(),
-        "commit": _commit(),
+        "rows": str(rows),
         "date": datetime.date.today().isoformat(),
         "recipes": raw,
     }
-    text = render_results(read_results(out_dir / "ladder.json"), context)
+    text = render_results(read_results(rows), context)
     if args.results:
         write_text(Path(args.results), text)
         log.info("wrote %s", args.results)
@@ -70,10 +79,12 @@ def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
     ladder.add_argument("--workflow-config", default="config/config.yaml", help="model/train/harmonise sections the recipes override")
     ladder.add_argument("--samples", default=None, help="sample sheet (default: the ladder config's, else the workflow's)")
     ladder.add_argument("--root", default=".", help="workflow directory holding results/harmonise/")
-    ladder.add_argument("--out-dir", default="results/ladder", help="checkpoints and ladder.json")
+    ladder.add_argument("--out-dir", default="results/ladder", help="checkpoints (and ladder.json when no --results)")
     ladder.add_argument("--results", default=None, help="write the Markdown here (e.g. RESULTS.md's ladder part)")
+    ladder.add_argument("--rows", default=None,
+                        help="the row store to add to and render (default: --results with .json, e.g. RESULTS.json)")
     ladder.add_argument("--threads", type=positive_int, default=None)
     ladder.add_argument("--only", nargs="*", default=None, help="recipe/rung pairs to run, e.g. new/overfit")
-    ladder.add_argument("--report-only", action="store_true", help="render the Markdown from an existing ladder.json")
+    ladder.add_argument("--report-only", action="store_true", help="render the Markdown from the row store, running nothing")
     ladder.add_argument("--quiet", action="store_true")
     ladder.set_defaults(func=_cmd_ladder)
