@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,8 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
         Point(400, 61.0, None, 0.5, 1, 1, 0, 0, 0.0)], commit="0ld0ne", threads=2, machine="another machine",
         source="imported from an older RESULTS.md")
     write_results(store, [earlier])
+    for name, segment in (("C000", "M2"), ("C001", "M1"), ("C002", "M1")):  # what a synthetic cohort writes beside its masks
+        (cohort / "truth" / "C" / name / "truth.json").write_text(json.dumps({"thrombus": {"segment": segment}}))
     results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234", rows=store)
     ran = [r for r in results if r.recipe == "tiny"]
     assert [(r.rung, len(r.points)) for r in ran] == [("overfit", 2), ("monocentric", 1), ("mixed", 1), ("loco", 2)]
@@ -104,11 +107,16 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
     assert all(p.cpu_seconds > 0 and 0.0 <= p.dice <= 1.0 for r in ran for p in r.points)
     assert sorted(read_results(store), key=lambda r: (r.rung, r.recipe)) == sorted(results, key=lambda r: (r.rung, r.recipe))
     assert not (tmp_path / "out" / "ladder.json").exists()  # the rows went to the store, checkpoints to out/
+    loco = next(r for r in ran if r.rung == "loco")
+    assert loco.segments == {"C000": "M2", "C001": "M1", "C002": "M1"}  # the negative C003 has none
+    found = {name: int(dice > 0) for name, dice in loco.points[-1].per_case.items()}
+    expected_segments = f"tiny: M1 {found['C001'] + found['C002']}/2, M2 {found['C000']}/1."
     text = render_results(results, {"command": "thrombus ladder", "config": str(config), "samples": "s.tsv", "seed": 1,
                                     "rows": str(store), "date": "2026-12-05", "recipes": {"tiny": recipe}})
     for needed in ("### overfit: 1 training subjects, 1 scored", "### loco: 8 training subjects, 4 scored", "| tiny | 4 |",
                    "read as whole slices", "overfit / tiny, monocentric / tiny, mixed / tiny, loco / tiny: commit abc1234", "| older | 400 | 1.0 | 0.50 | 1/1 | - | 0.0 | 0.50 @ 400 | 1.0 |",
-                   "- loco / older: commit 0ld0ne, another machine, 2 torch threads; imported from an older RESULTS.md"):
+                   "- loco / older: commit 0ld0ne, another machine, 2 torch threads; imported from an older RESULTS.md",
+                   "Detected by the clot's arterial segment", expected_segments):
         assert needed in text, needed
 
 

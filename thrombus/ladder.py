@@ -97,6 +97,7 @@ class RungResult:
     machine: str = ""
     date: str = ""
     source: str = ""  # empty for a run; otherwise where the row's figures came from
+    segments: dict[str, str] = field(default_factory=dict)  # scored subject -> clot's arterial segment, when known
 
     def minutes_to(self, dice: float) -> float | None:
         """CPU minutes until the scored Dice first reached `dice` (None: never, or not recorded)."""
@@ -297,6 +298,7 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
             result = run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress)
             result.commit, result.threads = commit, threads
             result.machine, result.date = machine_description(), time.strftime("%Y-%m-%d", time.gmtime())
+            result.segments = truth_segments(pool, spec.scored)
             results = [r for r in results if (r.recipe, r.rung) != (recipe, spec.name)] + [result]
             write_results(rows, results)
     return results
@@ -339,6 +341,40 @@ def _curve(result: RungResult) -> str:
     return line
 
 
+def truth_segments(pool: Sequence[Subject], names: Sequence[str]) -> dict[str, str]:
+    """The arterial segment of each named subject's clot, from the truth file a synthetic cohort writes beside
+    its thrombus mask (`truth.json`); subjects without one (real data, negatives) are left out."""
+    wanted, segments = set(names), {}
+    for subject in pool:
+        if subject.subject not in wanted or subject.thrombus != "1" or not subject.thrombus_mask:
+            continue
+        truth = Path(subject.thrombus_mask).parent / "truth.json"
+        try:
+            segment = (read_json(truth).get("thrombus") or {}).get("segment")
+        except (OSError, ValueError):
+            continue
+        if segment:
+            segments[subject.subject] = str(segment)
+    return segments
+
+
+def by_segment(result: RungResult) -> str | None:
+    """Detections of the final weights by the clot's arterial segment, e.g. "M1 3/3, M2 0/4".
+
+    A scored clot counts as detected when its Dice is above 0 (some predicted voxel overlaps it, the
+    detection rule). None when the row kept no per-subject scores (imported rows) or no scored subject
+    has a known segment.
+    """
+    counts: dict[str, list[int]] = {}
+    for subject, dice in result.points[-1].per_case.items():
+        if subject in result.segments:
+            found, total = counts.setdefault(result.segments[subject], [0, 0])
+            counts[result.segments[subject]] = [found + int(dice > 0), total + 1]
+    if not counts:
+        return None
+    return ", ".join(f"{segment} {found}/{total}" for segment, (found, total) in sorted(counts.items()))
+
+
 def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) -> str:
     """RESULTS.md's ladder section: a table per rung (final scores, best, time to Dice 0.5) and the curves."""
     lines = [
@@ -378,6 +414,12 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
             " best Dice @ iteration | CPU min to Dice 0.5 |",
             "|---|---|---|---|---|---|---|---|---|",
             *[_final_row(r) for r in rows],
+        ]
+        segments = [(r.recipe, by_segment(r)) for r in rows]
+        if any(text for _, text in segments):
+            lines += ["", "Detected by the clot's arterial segment (final weights; segments from the cohort's truth files): "
+                      + "; ".join(f"{recipe}: {text}" for recipe, text in segments if text) + "."]
+        lines += [
             "",
             "Curves (iteration: Dice (detected)):",
             "",
