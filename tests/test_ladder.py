@@ -67,6 +67,17 @@ def test_loco_may_train_on_its_own_centers_and_never_on_the_held_out_one() -> No
         rung_specs({**settings, "loco_t2star": {"kind": "loko"}}, four, seed=3)
 
 
+def test_a_subjects_rung_trains_and_scores_the_subjects_it_lists_and_refuses_others() -> None:
+    settings = {"train_centers": ["A", "B"], "held_out": ["C"], "rungs": ["one_kind"],
+                "one_kind": {"kind": "subjects", "train": ["A001", "B002", "A000"], "scored": ["A001", "C005"]}}
+    (spec,) = rung_specs(settings, pool(), seed=3)
+    assert spec.train == ("A001", "B002", "A000") and spec.scored == ("A001", "C005"), "in-sample scoring allowed"
+    with pytest.raises(LadderError, match=r"unknown or unlabelled: \['Z999'\]"):
+        rung_specs({**settings, "one_kind": {"kind": "subjects", "train": ["Z999"], "scored": ["A001"]}}, pool(), seed=3)
+    with pytest.raises(LadderError, match="non-empty train and scored"):
+        rung_specs({**settings, "one_kind": {"kind": "subjects", "train": ["A001"]}}, pool(), seed=3)
+
+
 def test_a_case_is_detected_by_one_voxel_and_every_other_component_is_a_false_positive() -> None:
     truth = np.zeros((10, 10, 10), dtype=np.uint8)
     truth[2:5, 2:5, 2:5] = 1

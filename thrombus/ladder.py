@@ -43,6 +43,9 @@ from thrombus.samples import Subject, read_sheet, subjects
 log = logging.getLogger(__name__)
 
 RUNGS: tuple[str, ...] = ("overfit", "monocentric", "mixed", "loco")
+#: Rung kinds beyond the four rungs: `subjects` trains and scores the subjects its config lists (a question
+#: about one kind of clot, say), which may overlap to score training subjects in-sample.
+KINDS: tuple[str, ...] = (*RUNGS, "subjects")
 #: 26-connectivity, the evaluation's rule for components.
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 
@@ -139,6 +142,16 @@ def _centers_of(labelled: Sequence[Subject], centers: Sequence[str], held_out: S
     return [s for s in labelled if s.center in centers]
 
 
+def _listed(rung: Mapping[str, Any], name: str, labelled: set[str]) -> tuple[list[str], list[str]]:
+    """A `subjects` rung's train and scored lists, refused when empty or naming subjects without a label."""
+    train, scored = list(rung.get("train") or []), list(rung.get("scored") or [])
+    unknown = sorted(set(train + scored) - labelled)
+    if not train or not scored or unknown:
+        raise LadderError(f"ladder: rung {name!r} (kind subjects) needs non-empty train and scored lists of labelled "
+                          f"subjects of the sheet; unknown or unlabelled: {unknown}")
+    return train, scored
+
+
 def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) -> list[RungSpec]:
     """The rungs the config asks for, with their subjects fixed by the seed."""
     labelled = [s for s in pool if s.thrombus in ("0", "1")]
@@ -153,8 +166,8 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
     for name in settings.get("rungs", RUNGS):
         rung = dict(settings.get(name) or {})
         kind = rung.get("kind", name)  # a rung of another name is one of the kinds with its own settings
-        if kind not in RUNGS:
-            raise LadderError(f"ladder: rung {name!r} is of unknown kind {kind!r}: choose among {', '.join(RUNGS)}")
+        if kind not in KINDS:
+            raise LadderError(f"ladder: rung {name!r} is of unknown kind {kind!r}: choose among {', '.join(KINDS)}")
         iterations, every = int(rung.get("iterations", 300)), int(rung.get("eval_every", 100))
         if kind == "overfit":
             subject = rung.get("subject") or sorted(s.subject for s in inside if s.thrombus == "1")[0]
@@ -165,6 +178,8 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
             outside = [s for s in labelled if s.center in held_out]
             seen, scored = _split_centers(outside, float(rung.get("scored_share", 0.5)), seed)
             train = sorted([s.subject for s in inside] + seen)
+        elif kind == "subjects":
+            train, scored = _listed(rung, name, {s.subject for s in labelled})
         else:
             train = sorted(s.subject for s in _centers_of(labelled, rung.get("train_centers") or train_centers, held_out, name))
             scored = sorted(s.subject for s in labelled if s.center in held_out)
