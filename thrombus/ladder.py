@@ -306,13 +306,14 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     rows = rows or out_dir / "ladder.json"
     results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
+    machine = machine_description()
     for spec in specs:
         for recipe, sections in settings["recipes"].items():
             if only and f"{recipe}/{spec.name}" not in only:
                 continue
             result = run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress)
             result.commit, result.threads = commit, threads
-            result.machine, result.date = machine_description(), time.strftime("%Y-%m-%d", time.gmtime())
+            result.machine, result.date = machine, time.strftime("%Y-%m-%d", time.gmtime())
             result.segments = truth_segments(pool, spec.scored)
             results = [r for r in results if (r.recipe, r.rung) != (recipe, spec.name)] + [result]
             write_results(rows, results)
@@ -380,11 +381,12 @@ def by_segment(result: RungResult) -> str | None:
     detection rule). None when the row kept no per-subject scores (imported rows) or no scored subject
     has a known segment.
     """
-    counts: dict[str, list[int]] = {}
+    counts: dict[str, list[int]] = {}  # segment -> [found, scored]
     for subject, dice in result.points[-1].per_case.items():
         if subject in result.segments:
-            found, total = counts.setdefault(result.segments[subject], [0, 0])
-            counts[result.segments[subject]] = [found + int(dice > 0), total + 1]
+            tally = counts.setdefault(result.segments[subject], [0, 0])
+            tally[0] += int(dice > 0)
+            tally[1] += 1
     if not counts:
         return None
     return ", ".join(f"{segment} {found}/{total}" for segment, (found, total) in sorted(counts.items()))
@@ -412,7 +414,8 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         "passes excluded. The `loco` rung scores the final weights, never a checkpoint chosen on its subjects.",
     ]
     order = list(context["recipes"])
-    for rung in [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]:
+    rung_order = [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]
+    for rung in rung_order:
         rows = sorted((r for r in results if r.rung == rung),
                       key=lambda r: order.index(r.recipe) if r.recipe in order else len(order))
         if not rows:
@@ -444,7 +447,6 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
     for name, overlay in context["recipes"].items():
         lines.append(f"- `{name}`: `{json.dumps(overlay, sort_keys=True)}`")
     lines += ["", "Provenance of each row (rung / recipe):", ""]
-    rung_order = [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]
     by_source: dict[str, list[str]] = {}
     for r in sorted(results, key=lambda r: (rung_order.index(r.rung), r.recipe)):
         by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}")
