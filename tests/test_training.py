@@ -34,7 +34,7 @@ from thrombus.training.splits import (
     read_splits,
 )
 from thrombus.training.options import TrainOptions
-from thrombus.training.trainer import TrainRun, batches, train
+from thrombus.training.trainer import TrainRun, batches, slab_dataset, train
 
 CHANNELS = ("susceptibility", "dwi", "adc", "flair")
 SHAPE = (40, 44, 12)
@@ -227,6 +227,61 @@ def test_hard_negatives_off_draw_the_same_slabs_as_before(cohort: Path) -> None:
         assert torch.equal(plain[index]["image"], SlabDataset(cases, plain.options, AugmentOptions(), seed=3)[index]["image"])
 
 
+def test_each_clot_is_found_and_a_weighted_draw_takes_its_foreground_slabs_from_it(cohort: Path) -> None:
+    from thrombus.training.clots import find_clots
+
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    clots = find_clots(cases)
+    assert [cases[clot.case].subject for clot in clots] == [case.subject for case in cases if case.positive]
+    assert all(len(clot.voxels) == 48 and cases[clot.case].label[clot.centre] for clot in clots), "4 x 4 x 3 boxes"
+    dataset = SlabDataset(cases, SlabOptions(slab_depth=3, patch_size=(24, 24), foreground_probability=0.5),
+                          AugmentOptions(enabled=False), seed=11)
+    dataset.clots, dataset.clot_weights = clots, np.eye(len(clots))[4]
+    chosen = cases[clots[4].case].subject
+    foreground = [item for item in (dataset[index] for index in range(200)) if item["foreground"]]
+    assert len(foreground) > 60 and {item["subject"] for item in foreground} == {chosen}
+    assert all(item["label"].sum() > 0 for item in foreground)
+
+
+def test_a_missed_clot_gets_a_larger_share_than_a_fitted_one_and_the_fit_reads_the_model(cohort: Path) -> None:
+    from thrombus.model import build_model
+    from thrombus.training.clots import FLOOR, clot_fit, find_clots, sampling_weights
+
+    shares = sampling_weights(np.array([0.0, 1.0, 0.5]))
+    assert shares.sum() == pytest.approx(1.0) and shares[0] / shares[1] == pytest.approx((1 + FLOOR) / FLOOR)
+    cases = load_cases(case_sources(sheet_subjects(cohort), cohort), CHANNELS)
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL)
+    fits = clot_fit(model, cases, find_clots(cases), 3, (24, 24), torch.device("cpu"))
+    assert fits.shape == (9,) and ((fits >= 0) & (fits <= 1)).all() and model.training
+    with torch.no_grad():
+        model.head.bias.fill_(20.0)  # p = 1 everywhere: each slab's Dice is 2 * clot / (slab + clot)
+    full = clot_fit(model, cases, find_clots(cases), 3, (24, 24), torch.device("cpu"))
+    labelled = np.array([float(cases[c.case].label[c.centre[0] - 1:c.centre[0] + 2, c.centre[1] - 12:c.centre[1] + 12,
+                                                   c.centre[2] - 12:c.centre[2] + 12].sum()) for c in find_clots(cases)])
+    assert full == pytest.approx(2 * labelled / (3 * 24 * 24 + labelled), rel=1e-4)
+    with pytest.raises(ValueError, match="clot_reweight_every"):
+        TrainOptions(clot_reweight_every=0)
+
+
+def test_slab_dice_weighs_each_clot_slab_alike_and_skips_empty_slabs() -> None:
+    from thrombus.training.optim import make_loss
+
+    loss = make_loss("slab_dice_bce")
+    target = torch.zeros(3, 1, 1, 4, 4)
+    target[0, 0, 0, :2, :2] = 1  # a clot of 4 voxels
+    target[1, 0, 0, :, :] = 1  # one of 16; slab 2 is empty
+    logits = torch.full_like(target, -20.0)
+    logits[1] = 20.0  # the large clot hit, the small one missed
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(loss(logits, target) - bce) == pytest.approx(0.5, abs=1e-4), "one of two clot slabs missed"
+    batch = make_loss("dice_bce")(logits, target) - bce
+    assert float(batch) == pytest.approx(1 - 32 / 36, abs=1e-4), "the batch Dice barely notices the missed clot"
+    assert float(loss(logits[2:], target[2:])) == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits[2:], target[2:])))
+    both = make_loss("batch_slab_dice_bce")(logits, target) - bce
+    assert float(both) == pytest.approx(0.5 + float(batch), abs=1e-4), "the batch Dice kept beside the per-slab one"
+
+
 def test_foreground_prior_sets_the_head_and_nothing_else() -> None:
     from thrombus.model import build_model
     from thrombus.training.optim import set_foreground_prior
@@ -301,10 +356,10 @@ def make_run(cohort: Path, out_dir: Path, options: TrainOptions, **changes: Any)
 
 def test_batches_depend_only_on_seed_and_iteration(cohort: Path, tmp_path: Path) -> None:
     run = make_run(cohort, tmp_path, quick_options())
-    from_start = [batch["image"] for batch in batches(run, 0, 5, torch.device("cpu"))]
-    resumed = [batch["image"] for batch in batches(run, 3, 5, torch.device("cpu"))]
+    from_start = [batch["image"] for batch in batches(slab_dataset(run), run, 0, 5, torch.device("cpu"))]
+    resumed = [batch["image"] for batch in batches(slab_dataset(run), run, 3, 5, torch.device("cpu"))]
     workers = make_run(cohort, tmp_path, dataclasses.replace(run.options, num_workers=2))
-    with_workers = [batch["image"] for batch in batches(workers, 3, 5, torch.device("cpu"))]
+    with_workers = [batch["image"] for batch in batches(slab_dataset(workers), workers, 3, 5, torch.device("cpu"))]
     assert len(resumed) == len(with_workers) == 2
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(from_start[3:], resumed, with_workers))
 
@@ -314,8 +369,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.fault
-def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path) -> None:
-    options = quick_options()
+@pytest.mark.parametrize("reweight", [None, 3], ids=["per_subject", "clots_reweighted"])
+def test_resumed_run_ends_with_the_same_weights(cohort: Path, tmp_path: Path, reweight: int | None) -> None:
+    """Also with the clots re-weighted at 0 and 3: the run stopped at 2 resumes with the weights of 0."""
+    options = quick_options(clot_reweight_every=reweight)
     train(make_run(cohort, tmp_path / "straight", options))
     stopped = train(make_run(cohort, tmp_path / "resumed", options, stop_after=2))
     assert stopped.iterations_done == 2 and not (tmp_path / "resumed" / "model_card.json").exists()

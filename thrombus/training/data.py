@@ -398,6 +398,10 @@ class SlabDataset(Dataset):
 
         self.dark = [_dark_voxels(case, options.hard_negative_quantile) for case in self.cases] \
             if options.hard_negative_probability > 0 else []
+        # Set by the trainer when foreground slabs are weighted by clot (thrombus.training.clots):
+        # the clots, and each one's share of the foreground slabs; None keeps the per-subject draw.
+        self.clots: list[Any] = []
+        self.clot_weights: np.ndarray | None = None
 
     def generator(self, index: int) -> np.random.Generator:
         """The generator of item `index`: a function of the seed and the index only."""
@@ -407,6 +411,9 @@ class SlabDataset(Dataset):
         """A case and the (z, x, y) centre of the slab, and whether it is a foreground slab."""
         draw = rng.random() if self.positive or self.dark else 1.0
         foreground = bool(self.positive) and draw < self.options.foreground_probability
+        if foreground and self.clot_weights is not None:
+            clot = self.clots[int(rng.choice(len(self.clots), p=self.clot_weights))]
+            return self.cases[clot.case], self._jittered(clot.voxels[rng.integers(len(clot.voxels))], rng), True
         if foreground:
             case = self.cases[self.positive[rng.integers(len(self.positive))]]
             return case, self._jittered(case.foreground[rng.integers(len(case.foreground))], rng), True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from thrombus.training.options import TrainOptions
 
@@ -20,7 +21,43 @@ def make_loss(name: str = "dice_bce") -> nn.Module:
 
     if name == "dice_focal":
         return DiceFocalLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5, gamma=2.0)
+    if name == "slab_dice_bce":
+        return SlabDiceBCELoss()
+    if name == "batch_slab_dice_bce":
+        return SlabDiceBCELoss(batch_term=True)
     return DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+class SlabDiceBCELoss(nn.Module):
+    """Soft Dice of each slab that holds thrombus, averaged over those slabs, plus BCE over every voxel.
+
+    The batch Dice pools the foreground of the batch, so a clot missed beside one that is hit costs only
+    its share of the pooled voxels, and every missed voxel gets the same small push. Averaged per slab,
+    each clot's slab weighs the same whatever else is in the batch, and a missed clot's voxels get a push
+    scaled by its own size. Slabs without thrombus carry only the BCE term (their Dice is undefined).
+    With `batch_term` the batch Dice is added too: it is what penalises a false positive in a slab
+    without thrombus beyond BCE's per-voxel share.
+    """
+
+    def __init__(self, smooth: float = 1e-5, batch_term: bool = False) -> None:
+        super().__init__()
+        self.smooth, self.batch_term = smooth, batch_term
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        if self.batch_term:
+            probability = torch.sigmoid(logits)
+            overlap, total = (probability * target).sum(), probability.sum() + target.sum()
+            bce = bce + 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
+        dims = tuple(range(1, logits.ndim))
+        present = target.sum(dim=dims) > 0
+        if not bool(present.any()):
+            return bce
+        probability, target = torch.sigmoid(logits[present]), target[present]
+        overlap = (probability * target).sum(dim=dims)
+        total = probability.sum(dim=dims) + target.sum(dim=dims)
+        dice = 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
+        return dice.mean() + bce
 
 
 def set_foreground_prior(model: nn.Module, prior: float) -> None:

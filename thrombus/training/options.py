@@ -16,7 +16,7 @@ from thrombus.training.data import AugmentOptions, SlabOptions
 from thrombus.training.gmd import GMDOptions
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
-LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal")
+LOSSES: tuple[str, ...] = ("dice_bce", "dice_focal", "slab_dice_bce", "batch_slab_dice_bce")
 #: Options that change how fast a run goes but not its result; kept out of the model card.
 RUN_ONLY_OPTIONS: tuple[str, ...] = ("num_workers", "val_batch_size")
 
@@ -74,6 +74,7 @@ class TrainOptions:
     foreground_probability: float = 0.33
     hard_negative_probability: float = 0.0
     hard_negative_quantile: float = 0.005
+    clot_reweight_every: int | None = None  # None: foreground slabs spread evenly over the positive subjects
     num_workers: int = 0
     val_batch_size: int = 4
     augmentation: AugmentOptions = field(default_factory=AugmentOptions)
@@ -93,6 +94,8 @@ class TrainOptions:
             raise ValueError(
                 f"train.learning_rate must be > 0 and train.num_workers >= 0, got {self.learning_rate}, {self.num_workers}"
             )
+        if self.clot_reweight_every is not None and self.clot_reweight_every < 1:
+            raise ValueError(f"train.clot_reweight_every must be at least 1 or null, got {self.clot_reweight_every}")
         if self.slice_mm is not None and not 0.5 <= self.slice_mm <= 10.0:
             raise ValueError(f"train.slice_mm must be between 0.5 and 10 mm or null, got {self.slice_mm}")
         self.slab()
