@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import REPO, Figure, render_text  # noqa: E402
 
 #: The ladder recipe the workflow's config now trains with.
-CURRENT = "hard_negatives"
+CURRENT = "batch_slab_dice"
 BASELINE = "before"
 
 

@@ -134,3 +134,18 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
 def test_the_row_store_sits_beside_the_page_it_renders(tmp_path: Path) -> None:
     assert rows_beside("RESULTS.md", tmp_path) == Path("RESULTS.json")
     assert rows_beside(None, tmp_path) == tmp_path / "ladder.json"
+
+
+def test_the_workflow_trains_with_the_recipe_its_time_to_quality_benchmark_names() -> None:
+    """config.yaml's `train` section sets every key of the ladder recipe that RESULTS.md and bench_quality
+    report as the current one, to the same value: the figures quoted are those of what the workflow runs."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "benchmarks"))
+    from bench_quality import CURRENT
+
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    recipe = yaml.safe_load((repo / "config" / "ladder.yaml").read_text())["ladder"]["recipes"][CURRENT]["train"]
+    differing = {key: (value, config["train"].get(key)) for key, value in recipe.items() if config["train"].get(key) != value}
+    assert not differing, f"config.yaml's train section differs from the ladder recipe {CURRENT}: {differing}"
