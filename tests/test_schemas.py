@@ -111,3 +111,17 @@ def test_missing_sheet_names_the_key(workdir: Path) -> None:
 def test_example_sheet_has_the_generator_columns() -> None:
     header = (REPO / "config" / "samples.tsv").read_text().splitlines()[0].split("\t")
     assert tuple(header) == COLUMNS
+
+
+def test_the_train_schema_admits_every_training_option_and_each_loss_the_code_knows() -> None:
+    """A new option or loss of TrainOptions must also be added to the schema, or the workflow refuses it."""
+    import dataclasses
+
+    import yaml
+
+    from thrombus.training.options import LOSSES, OPTIMIZERS, TrainOptions
+
+    train = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())["definitions"]["train"]["properties"]
+    missing = {field.name for field in dataclasses.fields(TrainOptions)} - set(train)
+    assert not missing, f"config.schema.yaml's train section lacks {sorted(missing)}"
+    assert train["loss"]["enum"] == list(LOSSES) and train["optimizer"]["enum"] == list(OPTIMIZERS)
