@@ -31,7 +31,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -43,6 +43,9 @@ from thrombus.io import PathLike, read_json
 from thrombus.model.sliding import crop_padded, network_depth, resample_slices
 from thrombus.nifti import VolumeError, load_volume
 from thrombus.samples import Subject
+
+if TYPE_CHECKING:
+    from thrombus.training.clots import Clot
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +403,7 @@ class SlabDataset(Dataset):
             if options.hard_negative_probability > 0 else []
         # Set by the trainer when foreground slabs are weighted by clot (thrombus.training.clots):
         # the clots, and each one's share of the foreground slabs; None keeps the per-subject draw.
-        self.clots: list[Any] = []
+        self.clots: list[Clot] = []
         self.clot_weights: np.ndarray | None = None
 
     def generator(self, index: int) -> np.random.Generator:

@@ -44,20 +44,20 @@ class SlabDiceBCELoss(nn.Module):
         self.smooth, self.batch_term = smooth, batch_term
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
         if self.batch_term:
             probability = torch.sigmoid(logits)
             overlap, total = (probability * target).sum(), probability.sum() + target.sum()
-            bce = bce + 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
+            loss = loss + 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
         dims = tuple(range(1, logits.ndim))
         present = target.sum(dim=dims) > 0
         if not bool(present.any()):
-            return bce
+            return loss
         probability, target = torch.sigmoid(logits[present]), target[present]
         overlap = (probability * target).sum(dim=dims)
         total = probability.sum(dim=dims) + target.sum(dim=dims)
-        dice = 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
-        return dice.mean() + bce
+        per_slab = 1.0 - (2.0 * overlap + self.smooth) / (total + self.smooth)
+        return per_slab.mean() + loss
 
 
 def set_foreground_prior(model: nn.Module, prior: float) -> None:
