@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from thrombus.ladder import (
@@ -129,6 +130,20 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
                    "- loco / older: commit 0ld0ne, another machine, 2 torch threads; imported from an older RESULTS.md",
                    "Detected by the clot's arterial segment", expected_segments):
         assert needed in text, needed
+
+    # another training seed on the same subjects: a row beside the first, the seed in its checkpoint
+    again = run_ladder({**settings, "only": ["tiny/loco"]}, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234",
+                       rows=store, train_seed=7)
+    assert [r.seed for r in again if (r.recipe, r.rung) == ("tiny", "loco")] == [None, 7]
+    assert next(r for r in again if r.seed is None and r.rung == "loco" and r.recipe == "tiny") == loco  # kept as it was
+    checkpoint = torch.load(tmp_path / "out" / "seed-7" / "tiny" / "loco" / "latest.pt", weights_only=True)
+    assert checkpoint["sampler"]["seed"] == 7 + 2
+    text = render_results(read_results(store), {"command": "thrombus ladder", "config": str(config), "samples": "s.tsv",
+                                                "seed": 1, "rows": str(store), "date": "2026-12-06", "recipes": {"tiny": recipe}})
+    for needed in ("The same subjects with other training seeds", "| tiny | 1 |", "| tiny | 7 |", "| tiny: mean of 2 |",
+                   "loco / tiny (training seed 7)"):
+        assert needed in text, needed
+    assert text.count("| tiny | 4 |") == 2  # monocentric's and loco's main rows: loco's table keeps the ladder seed's alone
 
 
 def test_the_row_store_sits_beside_the_page_it_renders(tmp_path: Path) -> None:

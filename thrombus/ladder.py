@@ -14,7 +14,10 @@ Four rungs, each a training with a learning curve scored on whole volumes:
   with the final weights: no checkpoint is chosen on the scored subjects.
 
 Every recipe runs every rung with the same subjects, seed and thread count, so a row of the table is a
-before/after of the recipe alone. Curves are scored at a fixed threshold of 0.5 and no size filter (the
+before/after of the recipe alone. A second training seed (`--train-seed`: the same subjects, another
+initialisation and draw of slabs) adds a row beside the first instead of replacing it: with a dozen scored
+subjects one detection is 8 points of detection rate, and only a rerun says whether a before/after is more
+than the seed. Curves are scored at a fixed threshold of 0.5 and no size filter (the
 network's own output, before any calibration), with the evaluation's rules: a thrombus is detected when
 a predicted 26-connected component overlaps it by >= 1 voxel; a false-positive component is one that
 overlaps no thrombus voxel. Time is counted as CPU seconds of the training process (all its threads),
@@ -101,6 +104,7 @@ class RungResult:
     date: str = ""
     source: str = ""  # empty for a run; otherwise where the row's figures came from
     segments: dict[str, str] = field(default_factory=dict)  # scored subject -> clot's arterial segment, when known
+    seed: int | None = None  # the training seed when it is not the ladder's own (None: the ladder's seed)
 
     def minutes_to(self, dice: float) -> float | None:
         """CPU minutes until the scored Dice first reached `dice` (None: never, or not recorded)."""
@@ -287,12 +291,16 @@ def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int,
-               progress: bool = False, commit: str = "", rows: Path | None = None) -> list[RungResult]:
+               progress: bool = False, commit: str = "", rows: Path | None = None,
+               train_seed: int | None = None) -> list[RungResult]:
     """Every recipe on every rung; results are written as they come to `rows`, so a cut run keeps its rungs.
 
-    `rows` (default `out_dir/ladder.json`) is the row store RESULTS.md is rendered from: a row already
-    there for another recipe or rung is kept (a run with `only` adds to the table, whichever machine ran
-    the others); one for the same recipe and rung is replaced. Checkpoints stay in `out_dir`.
+    `seed` fixes the rungs' subjects; `train_seed` (default `seed`) the training's initialisation and
+    slab draws, so another training seed reruns the same subjects. `rows` (default `out_dir/ladder.json`)
+    is the row store RESULTS.md is rendered from: a row already there for another recipe, rung or
+    training seed is kept (a run with `only` adds to the table, whichever machine ran the others); one for
+    the same recipe, rung and training seed is replaced. Checkpoints stay in `out_dir` (under `seed-N/`
+    for another training seed).
     """
     from thrombus.training.data import case_sources, load_cases
 
@@ -307,22 +315,29 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
     machine = machine_description()
+    other = None if train_seed is None or train_seed == seed else train_seed
+    checkpoints = out_dir / f"seed-{other}" if other is not None else out_dir
     for spec in specs:
         for recipe, sections in settings["recipes"].items():
             if only and f"{recipe}/{spec.name}" not in only:
                 continue
-            result = run_rung(spec, recipe, sections, cases, out_dir / recipe / spec.name, seed, threads, progress)
-            result.commit, result.threads = commit, threads
+            result = run_rung(spec, recipe, sections, cases, checkpoints / recipe / spec.name,
+                              seed if other is None else other, threads, progress)
+            result.commit, result.threads, result.seed = commit, threads, other
             result.machine, result.date = machine, time.strftime("%Y-%m-%d", time.gmtime())
             result.segments = truth_segments(pool, spec.scored)
-            results = [r for r in results if (r.recipe, r.rung) != (recipe, spec.name)] + [result]
+            results = [r for r in results if _key(r) != _key(result)] + [result]
             write_results(rows, results)
     return results
 
 
+def _key(result: RungResult) -> tuple[str, str, int | None]:
+    return result.recipe, result.rung, result.seed
+
+
 def write_results(path: Path, results: Sequence[RungResult]) -> None:
     """The row store, in a stable order (rung, then recipe) so that a committed store diffs by row."""
-    ordered = sorted(results, key=lambda r: (r.rung, r.recipe))
+    ordered = sorted(results, key=lambda r: (r.rung, r.recipe, -1 if r.seed is None else r.seed))
     write_json(path, [dataclasses.asdict(r) for r in ordered])
 
 
@@ -392,6 +407,33 @@ def by_segment(result: RungResult) -> str | None:
     return ", ".join(f"{segment} {found}/{total}" for segment, (found, total) in sorted(counts.items()))
 
 
+def _seed_rows(rows: Sequence[RungResult], others: Sequence[RungResult], seed: int) -> list[str]:
+    """The rung's rows rerun with other training seeds, each recipe's seeds together with the ladder seed's
+    row, and the mean over them: whether a difference between recipes outlives the seed."""
+    if not others:
+        return []
+    lines = ["", "The same subjects with other training seeds (final weights):", "",
+             "| recipe | training seed | CPU min | Dice | detected | negatives with FP | FP components / subject |",
+             "|---|---|---|---|---|---|---|"]
+    for first in rows:
+        runs = [first, *sorted((r for r in others if r.recipe == first.recipe), key=lambda r: r.seed or 0)]
+        if len(runs) == 1:
+            continue
+        for run in runs:
+            last = run.points[-1]
+            minutes = None if last.cpu_seconds is None else last.cpu_seconds / 60
+            negatives = f"{last.negatives_with_fp}/{last.negatives}" if last.negatives else "-"
+            lines.append(f"| {run.recipe} | {seed if run.seed is None else run.seed} | {_fmt(minutes, 1)} | {_fmt(last.dice)} | "
+                         f"{last.detected}/{last.positives} | {negatives} | {_fmt(last.fp_components, 1)} |")
+        finals = [run.points[-1] for run in runs]
+        dice = [p.dice for p in finals]
+        lines.append(f"| {first.recipe}: mean of {len(runs)} | | | {_fmt(float(np.mean(dice)))} "
+                     f"({_fmt(min(dice))}-{_fmt(max(dice))}) | {sum(p.detected for p in finals)}/{sum(p.positives for p in finals)} | "
+                     f"{sum(p.negatives_with_fp or 0 for p in finals)}/{sum(p.negatives for p in finals)} | "
+                     f"{_fmt(float(np.mean([p.fp_components or 0.0 for p in finals])), 1)} |")
+    return lines
+
+
 def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) -> str:
     """RESULTS.md's ladder section: a table per rung (final scores, best, time to Dice 0.5) and the curves."""
     lines = [
@@ -416,7 +458,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
     order = list(context["recipes"])
     rung_order = [*RUNGS, *sorted({r.rung for r in results} - set(RUNGS))]
     for rung in rung_order:
-        rows = sorted((r for r in results if r.rung == rung),
+        rows = sorted((r for r in results if r.rung == rung and r.seed is None),
                       key=lambda r: order.index(r.recipe) if r.recipe in order else len(order))
         if not rows:
             continue
@@ -437,6 +479,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         if any(text for _, text in segments):
             lines += ["", "Detected by the clot's arterial segment (final weights; segments from the cohort's truth files): "
                       + "; ".join(f"{recipe}: {text}" for recipe, text in segments if text) + "."]
+        lines += _seed_rows(rows, [r for r in results if r.rung == rung and r.seed is not None], context["seed"])
         lines += [
             "",
             "Curves (iteration: Dice (detected)):",
@@ -448,8 +491,9 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         lines.append(f"- `{name}`: `{json.dumps(overlay, sort_keys=True)}`")
     lines += ["", "Provenance of each row (rung / recipe):", ""]
     by_source: dict[str, list[str]] = {}
-    for r in sorted(results, key=lambda r: (rung_order.index(r.rung), r.recipe)):
-        by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}")
+    for r in sorted(results, key=lambda r: (rung_order.index(r.rung), r.recipe, -1 if r.seed is None else r.seed)):
+        seed = "" if r.seed is None else f" (training seed {r.seed})"
+        by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}{seed}")
     lines += [f"- {', '.join(rows)}: {source}" for source, rows in by_source.items()]
     return "\n".join(lines) + "\n"
 

@@ -49,7 +49,8 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     threads = int(args.threads or settings.get("threads", 2))
     rows = Path(args.rows) if args.rows else rows_beside(args.results, out_dir)
     if not args.report_only:
-        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit(), rows=rows)
+        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit(), rows=rows,
+                   train_seed=args.train_seed)
     elif not rows.exists():
         log.error("ladder: no row store at %s to render (run some rungs first, or name it with --rows)", rows)
         return 1
@@ -84,6 +85,8 @@ def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
     ladder.add_argument("--rows", default=None,
                         help="the row store to add to and render (default: --results with .json, e.g. RESULTS.json)")
     ladder.add_argument("--threads", type=positive_int, default=None)
+    ladder.add_argument("--train-seed", type=int, default=None,
+                        help="train with this seed on the ladder seed's subjects; its rows sit beside the ladder seed's")
     ladder.add_argument("--only", nargs="*", default=None, help="recipe/rung pairs to run, e.g. new/overfit")
     ladder.add_argument("--report-only", action="store_true", help="render the Markdown from the row store, running nothing")
     ladder.add_argument("--quiet", action="store_true")
