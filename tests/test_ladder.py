@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -112,6 +113,13 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
     write_results(store, [earlier])
     for name, segment in (("C000", "M2"), ("C001", "M1"), ("C002", "M1")):  # what a synthetic cohort writes beside its masks
         (cohort / "truth" / "C" / name / "truth.json").write_text(json.dumps({"thrombus": {"segment": segment}}))
+    for name in ("C000", "C001", "C003"):  # registered ADC maps (1e-6 mm^2/s) for the lesion gate; C002 has none
+        stack = nib.load(cohort / "results" / "harmonise" / "C" / name / "stack.nii.gz")
+        data = np.asarray(stack.dataobj)
+        adc = np.where(np.any(data != 0, axis=3), 800.0, 0.0)
+        adc[data[..., 2] == -2.5] = 450.0  # the core beside the clot (nothing on the negative C003)
+        (cohort / "results" / "register" / "C" / name).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(adc.astype(np.float32), stack.affine), cohort / "results" / "register" / "C" / name / "adc.nii.gz")
     results = run_ladder(settings, cohort, tmp_path / "out", seed=1, threads=1, commit="abc1234", rows=store)
     ran = [r for r in results if r.recipe == "tiny"]
     assert [(r.rung, len(r.points)) for r in ran] == [("overfit", 2), ("monocentric", 1), ("mixed", 1), ("loco", 2)]
@@ -120,6 +128,9 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
     assert sorted(read_results(store), key=lambda r: (r.rung, r.recipe)) == sorted(results, key=lambda r: (r.rung, r.recipe))
     assert not (tmp_path / "out" / "ladder.json").exists()  # the rows went to the store, checkpoints to out/
     loco = next(r for r in ran if r.rung == "loco")
+    assert loco.gated is not None and loco.gated_subjects == 3 and loco.gated.negatives_with_fp == 0
+    assert loco.gated.fp_components <= loco.points[-1].fp_components
+    assert next(r for r in ran if r.rung == "monocentric").gated is None  # no ADC map among its scored subjects
     assert loco.segments == {"C000": "M2", "C001": "M1", "C002": "M1"}  # the negative C003 has none
     found = {name: int(dice > 0) for name, dice in loco.points[-1].per_case.items()}
     expected_segments = f"tiny: M1 {found['C001'] + found['C002']}/2, M2 {found['C000']}/1."
@@ -128,7 +139,7 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
     for needed in ("### overfit: 1 training subjects, 1 scored", "### loco: 8 training subjects, 4 scored", "| tiny | 4 |",
                    "read as whole slices", "overfit / tiny, monocentric / tiny, mixed / tiny, loco / tiny: commit abc1234", "| older | 400 | 1.0 | 0.50 | 1/1 | - | 0.0 | 0.50 @ 400 | 1.0 |",
                    "- loco / older: commit 0ld0ne, another machine, 2 torch threads; imported from an older RESULTS.md",
-                   "Detected by the clot's arterial segment", expected_segments):
+                   "Detected by the clot's arterial segment", expected_segments, "| tiny, with the gate | 3 |"):
         assert needed in text, needed
 
     # another training seed on the same subjects: a row beside the first, the seed in its checkpoint

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from thrombus.experiments import deep_merge
+from thrombus.inference.lesion_gate import LesionGate, gate_components, gate_region
 from thrombus.io import read_json, write_json
 from thrombus.samples import Subject, read_sheet, subjects
 
@@ -105,6 +106,8 @@ class RungResult:
     source: str = ""  # empty for a run; otherwise where the row's figures came from
     segments: dict[str, str] = field(default_factory=dict)  # scored subject -> clot's arterial segment, when known
     seed: int | None = None  # the training seed when it is not the ladder's own (None: the ladder's seed)
+    gated: Point | None = None  # the final weights' scores with the lesion gate (`lesion_gate`)
+    gated_subjects: int | None = None  # how many scored subjects the gate was applied to (the others have no ADC map)
 
     def minutes_to(self, dice: float) -> float | None:
         """CPU minutes until the scored Dice first reached `dice` (None: never, or not recorded)."""
@@ -191,9 +194,13 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
     return specs
 
 
-def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, threshold: float = 0.5) -> dict[str, float]:
-    """Dice, detection and false-positive components of one case at `threshold`, no size filter."""
+def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, threshold: float = 0.5,
+               allowed: np.ndarray | None = None) -> dict[str, float]:
+    """Dice, detection and false-positive components of one case at `threshold`, no size filter; with `allowed`
+    (the lesion gate's region), only the components whose centroid lies in it."""
     mask = probability > threshold
+    if allowed is not None:
+        mask = gate_components(mask, allowed)
     truth = truth > 0
     labels, count = ndimage.label(mask, structure=STRUCTURE)
     hit = set(np.unique(labels[truth & mask]).tolist()) - {0}
@@ -202,8 +209,10 @@ def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, thresho
     return {"dice": dice, "detected": float(bool(hit)), "fp_components": float(count - len(hit))}
 
 
-def score(model: Any, cases: Sequence[Any], options: Any, device: Any) -> dict[str, Any]:
-    """Score the model on whole volumes of `cases` as validation predicts them."""
+def score(model: Any, cases: Sequence[Any], options: Any, device: Any,
+          regions: Mapping[str, np.ndarray | None] | None = None) -> dict[str, Any]:
+    """Score the model on whole volumes of `cases` as validation predicts them; with `regions` (subject ->
+    the lesion gate's region on the case's grid, None where the gate cannot be applied), gated."""
     import torch
 
     from thrombus.model.sliding import predict_case
@@ -215,8 +224,9 @@ def score(model: Any, cases: Sequence[Any], options: Any, device: Any) -> dict[s
         for case in cases:
             logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile,
                                   slice_mm=options.slice_mm)
-            rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside),
-                                  "positive": case.positive}
+            allowed = None if regions is None else regions.get(case.subject)
+            rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside,
+                                               allowed=allowed), "positive": case.positive}
     finally:
         model.train(was_training)
     return rows
@@ -240,7 +250,8 @@ def _point(iteration: int, cpu: float, wall: float, rows: Mapping[str, Mapping[s
 
 
 def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Mapping[str, Any], out_dir: Path,
-             seed: int, threads: int, progress: bool = False) -> RungResult:
+             seed: int, threads: int, progress: bool = False,
+             regions: Mapping[str, np.ndarray | None] | None = None) -> RungResult:
     """Train one recipe on one rung, scoring every `eval_every` iterations (the scoring is not timed)."""
     from thrombus.training.cli import _model_config, _train_options
     from thrombus.training.trainer import Trainer, TrainRun, discard_checkpoints
@@ -271,7 +282,11 @@ def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Ma
     if options.predict_tiled:  # the same final weights read as whole slices: what the tiling is worth
         untiled = dataclasses.replace(options, predict_tiled=False)
         whole = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, untiled, trainer.device))
-    return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points, whole)
+    gated, applied = None, sum(regions.get(name) is not None for name in spec.scored) if regions else 0
+    if applied:
+        gated = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, options, trainer.device, regions))
+    return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points, whole, gated=gated,
+                      gated_subjects=applied or None)
 
 
 def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,6 +326,9 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
     loaded = load_cases(case_sources([by_id[name] for name in needed], root), channels)
     cases = {case.subject: case for case in loaded}
+    gate = LesionGate.from_mapping(settings.get("lesion_gate", {}))
+    scored = sorted({name for spec in specs for name in spec.scored})
+    regions = gate_regions([by_id[name] for name in scored], root, gate) if gate else {}
     rows = rows or out_dir / "ladder.json"
     results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
@@ -322,7 +340,7 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
             if only and f"{recipe}/{spec.name}" not in only:
                 continue
             result = run_rung(spec, recipe, sections, cases, checkpoints / recipe / spec.name,
-                              seed if other is None else other, threads, progress)
+                              seed if other is None else other, threads, progress, regions)
             result.commit, result.threads, result.seed = commit, threads, other
             result.machine, result.date = machine, time.strftime("%Y-%m-%d", time.gmtime())
             result.segments = truth_segments(pool, spec.scored)
@@ -344,7 +362,8 @@ def write_results(path: Path, results: Sequence[RungResult]) -> None:
 def read_results(path: Path) -> list[RungResult]:
     """The row store (`ladder.json`, RESULTS.json) back as results."""
     return [RungResult(**{**r, "points": [Point(**p) for p in r["points"]],
-                          "whole_slices": Point(**r["whole_slices"]) if r.get("whole_slices") else None})
+                          "whole_slices": Point(**r["whole_slices"]) if r.get("whole_slices") else None,
+                          "gated": Point(**r["gated"]) if r.get("gated") else None})
             for r in read_json(path)]
 
 
@@ -362,6 +381,30 @@ def _final_row(result: RungResult) -> str:
             f"{_fmt(best.dice)} @ {best.iteration} | {_fmt(result.minutes_to(0.5), 1)} |")
 
 
+def gate_regions(scored: Sequence[Subject], root: Path, gate: LesionGate) -> dict[str, np.ndarray | None]:
+    """The lesion gate's region of each scored subject on its case's grid (the stack cropped to the brain box,
+    slices first, as `load_case` crops it), from the registered ADC map beside its stack; None for a subject
+    without one (or with one the gate refuses): the gate is not applied to it, as at inference."""
+    import nibabel as nib
+
+    from thrombus.training.data import _brain_box
+
+    regions: dict[str, np.ndarray | None] = {}
+    for subject in scored:
+        adc_path = root / "results" / "register" / subject.center / subject.subject / "adc.nii.gz"
+        stack_path = root / "results" / "harmonise" / subject.center / subject.subject / "stack.nii.gz"
+        regions[subject.subject] = None
+        if not adc_path.exists() or not stack_path.exists():
+            continue
+        stack = nib.load(str(stack_path))
+        brain = np.any(np.asarray(stack.dataobj) != 0, axis=3)
+        region = gate_region(np.asarray(nib.load(str(adc_path)).dataobj, dtype=np.float32), brain, stack.affine, gate)
+        if region is not None:
+            box = _brain_box(brain, f"subject {subject.subject} stack {stack_path}")
+            regions[subject.subject] = np.ascontiguousarray(np.transpose(region[box], (2, 0, 1)))
+    return regions
+
+
 def _curve(result: RungResult) -> str:
     cells = ", ".join(f"{p.iteration}: {_fmt(p.dice)} ({p.detected}/{p.positives})" for p in result.points)
     line = f"- {result.recipe}: {cells}"
@@ -370,6 +413,22 @@ def _curve(result: RungResult) -> str:
         line += (f"; the final weights read as whole slices instead of tiles: Dice {_fmt(w.dice)}, detected "
                  f"{w.detected}/{w.positives}, FP components {_fmt(w.fp_components, 1)} a subject")
     return line
+
+
+def _gated_rows(rows: Sequence[RungResult]) -> list[str]:
+    """The final weights of each row again with the lesion gate, beside the same weights without it."""
+    gated = [r for r in rows if r.gated is not None]
+    if not gated:
+        return []
+    lines = ["", "The final weights with the lesion gate (`thrombus.inference.lesion_gate`: candidates kept only on a side "
+             "of the brain holding a diffusion lesion; not applied to a subject without an ADC map), against the same weights without it:", "",
+             "| recipe | gated subjects | Dice | detected | negatives with FP | FP components / subject |", "|---|---|---|---|---|---|"]
+    for r in gated:
+        for label, p in (("without", r.points[-1]), ("with the gate", r.gated)):
+            negatives = f"{p.negatives_with_fp}/{p.negatives}" if p.negatives else "-"
+            lines.append(f"| {r.recipe}, {label} | {r.gated_subjects if p is r.gated else '-'} | {_fmt(p.dice)} | {p.detected}/{p.positives} | "
+                         f"{negatives} | {_fmt(p.fp_components, 1)} |")
+    return lines
 
 
 def truth_segments(pool: Sequence[Subject], names: Sequence[str]) -> dict[str, str]:
@@ -479,6 +538,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         if any(text for _, text in segments):
             lines += ["", "Detected by the clot's arterial segment (final weights; segments from the cohort's truth files): "
                       + "; ".join(f"{recipe}: {text}" for recipe, text in segments if text) + "."]
+        lines += _gated_rows(rows)
         lines += _seed_rows(rows, [r for r in results if r.rung == rung and r.seed is not None], context["seed"])
         lines += [
             "",
