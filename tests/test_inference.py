@@ -20,6 +20,7 @@ import torch
 
 from thrombus.inference.calibrate import calibrate
 from thrombus.inference.cli import add_predict_parsers
+from thrombus.inference.lesion_gate import LesionGate
 from thrombus.inference.postprocess import (
     CRITERION,
     DEFAULT_CRITERION,
@@ -497,6 +498,47 @@ def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path)
     dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice > 0.8, (dice, record)
     assert record["threshold"] == post["threshold"] and record["components"] >= 1
+
+
+def test_the_lesion_gate_keeps_a_thrombus_with_a_lesion_and_drops_it_without(overfit: Path, tmp_path: Path) -> None:
+    """The overfit model on P001 with an ADC map: a core on the right keeps its (midline) clot, none drops it, a
+    subset without ADC is not gated, and an ADC map on another grid is refused."""
+    model_dir = overfit / "model"
+    stack_path = overfit / "P001" / "stack.nii.gz"
+    affine = nib.load(str(stack_path)).affine
+    brain = np.any(np.asarray(nib.load(str(stack_path)).dataobj) != 0, axis=3)
+    adc = np.where(brain, 800.0, 0.0).astype(np.float32)
+    healthy = tmp_path / "healthy_adc.nii.gz"
+    nib.save(nib.Nifti1Image(adc, affine), healthy)
+    adc[20:26, 12:18, 4:8] = 450.0  # 144 voxels of 12 mm^3: 1.7 ml of core on the patient's right
+    lesioned = tmp_path / "adc.nii.gz"
+    nib.save(nib.Nifti1Image(adc, affine), lesioned)
+    gate = LesionGate()
+
+    def run(name: str, adc_path: Path | None, **changes: object) -> tuple[dict, np.ndarray]:
+        settings = {"postprocessing": model_dir / "postprocessing.json", "adc": adc_path, "lesion_gate": gate, **changes}
+        record = predict_subject(request(tmp_path / name, model_dir / "best.pt", stack_path, overfit / "P001" / "stack.json",
+                                         **settings))
+        return record, np.asarray(nib.load(str(tmp_path / name / "mask.nii.gz")).dataobj) > 0
+
+    plain, ungated = run("plain", None, lesion_gate=None)
+    assert plain["lesion_gate"] == {"enabled": False} and ungated.any()
+    record, mask = run("lesion", lesioned)
+    assert record["lesion_gate"]["applied"] and record["lesion_gate"]["lesion_sides"] == ["right"]
+    truth = np.asarray(nib.load(str(overfit / "P001" / "thrombus.nii.gz")).dataobj) > 0
+    assert (mask & truth).sum() == (ungated & truth).sum() > 0, "the clot (on the midline) is kept"
+    assert not (mask & ~ungated).any() and record["lesion_gate"]["components_dropped"] == plain["components"] - record["components"]
+    record, mask = run("healthy", healthy)
+    assert record["lesion_gate"]["lesion_sides"] == [] and not mask.any() and record["components"] == 0
+    assert record["lesion_gate"]["components_dropped"] == plain["components"]
+    record, mask = run("no_adc", healthy, keep=("susceptibility", "flair"))
+    assert not record["lesion_gate"]["applied"] and "ADC is not among the sequences used" in record["lesion_gate"]["reason"]
+    record, _ = run("none", None)
+    assert not record["lesion_gate"]["applied"] and "no ADC map" in record["lesion_gate"]["reason"]
+    other = tmp_path / "other_grid.nii.gz"
+    nib.save(nib.Nifti1Image(adc[:, :, :10], affine), other)
+    with pytest.raises(VolumeError, match=r"ADC map .*other_grid.nii.gz .*not on the grid of its stack"):
+        run("other", other)
 
 
 @pytest.mark.bad_input

@@ -175,3 +175,24 @@ def test_the_workflow_trains_with_the_recipe_its_time_to_quality_benchmark_names
     recipe = yaml.safe_load((repo / "config" / "ladder.yaml").read_text())["ladder"]["recipes"][CURRENT]["train"]
     differing = {key: (value, config["train"].get(key)) for key, value in recipe.items() if config["train"].get(key) != value}
     assert not differing, f"config.yaml's train section differs from the ladder recipe {CURRENT}: {differing}"
+
+
+def test_the_lesion_gate_decides_alike_on_a_case_cropped_and_read_slices_first() -> None:
+    """The ladder gates predictions on the case's arrays (cropped to the brain box, slices first); the affine it
+    gives them must make each component's side the one it has on the stack's grid."""
+    from thrombus.inference.lesion_gate import GateDecision, gate_components
+    from thrombus.ladder import case_affine
+
+    rng = np.random.default_rng(4)
+    angle = np.radians(15)
+    affine = np.array([[-0.9 * np.cos(angle), 0, 5 * np.sin(angle), 99.0], [0, 0.9, 0, -106.0],
+                       [0.9 * np.sin(angle), 0, 5 * np.cos(angle), -92.0], [0, 0, 0, 1]])
+    mask = rng.random((40, 36, 12)) > 0.97
+    box = (slice(5, 35), slice(3, 33), slice(2, 11))
+    mask[:5], mask[35:], mask[:, :3], mask[:, 33:], mask[:, :, :2], mask[:, :, 11:] = False, False, False, False, False, False
+    decision = GateDecision(("right",), midline_x=float((affine @ [20, 18, 6, 1])[0]), lesion_ml=1.0)
+    full = gate_components(mask, affine, decision)
+    assert 0 < full.sum() < mask.sum(), "some components on each side"
+    case = np.ascontiguousarray(np.transpose(mask[box], (2, 0, 1)))
+    gated = gate_components(case, case_affine(affine, box), decision)
+    assert np.array_equal(np.transpose(gated, (1, 2, 0)), full[box])

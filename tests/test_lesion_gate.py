@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thrombus.inference.lesion_gate import LesionGate, apply_gate, core_lesions, gate_region, lesion_sides, unit_problem
+from thrombus.inference.lesion_gate import LesionGate, apply_gate, core_lesions, decide, unit_problem
 
 #: 1 mm voxels in RAS: scanner x grows with the first index, toward the patient's right.
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -52,7 +52,8 @@ def test_a_core_smaller_than_the_minimum_does_not_open_the_gate() -> None:
     adc[45:50, 10:15, 5:9] = 500.0  # 0.1 ml: the size of the noise clusters of a thrombus-negative scan
     assert not core_lesions(adc, brain, 0.001, LesionGate()).any()
     assert core_lesions(adc, brain, 0.001, LesionGate(min_lesion_ml=0.05)).sum() == 100
-    assert lesion_sides(core_lesions(adc, brain, 0.001, LesionGate(min_lesion_ml=0.05)), brain, AFFINE) == ["right"]
+    assert decide(adc, brain, AFFINE, LesionGate(min_lesion_ml=0.05)).sides == ("right",)
+    assert decide(adc, brain, AFFINE, LesionGate()).sides == ()
 
 
 def test_the_gate_is_not_applied_without_an_adc_map_or_to_one_in_another_unit() -> None:
@@ -62,7 +63,6 @@ def test_the_gate_is_not_applied_without_an_adc_map_or_to_one_in_another_unit() 
     assert np.array_equal(gated, mask) and not record["applied"] and "no ADC map" in record["reason"]
     gated, record = apply_gate(mask, adc / 1000.0, brain, AFFINE, LesionGate())  # mm^2/s x 1e-3: 0.8
     assert np.array_equal(gated, mask) and not record["applied"] and "not in 1e-6 mm^2/s" in record["reason"]
-    assert gate_region(adc / 1000.0, brain, AFFINE, LesionGate()) is None
     assert unit_problem(adc, brain) is None
 
 

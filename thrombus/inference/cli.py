@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thrombus.options import json_object, positive_int
+
+if TYPE_CHECKING:
+    from thrombus.inference.lesion_gate import LesionGate
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             out_measurements=Path(args.out_measurements) if args.out_measurements else None,
+            adc=Path(args.adc) if args.adc else None,
+            lesion_gate=lesion_gate_option(args.lesion_gate),
         )
         predict_subject(request)
-    except (CheckpointError, VolumeError, InferenceError) as error:
+    except (CheckpointError, VolumeError, InferenceError, ValueError) as error:
         log.error("subject %s (center %s): %s", args.subject, args.center, error)
         return 1
     return 0
+
+
+def lesion_gate_option(text: str | None) -> LesionGate | None:
+    """`--lesion-gate`: JSON of the config's `lesion_gate` section; absent or `enabled: false` turns the gate off."""
+    from thrombus.inference.lesion_gate import LesionGate
+
+    return None if text is None else LesionGate.from_mapping(json_object(text, "--lesion-gate"))
+
+
+def add_lesion_gate_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lesion-gate", default=None,
+                        help='JSON of the config\'s lesion_gate section, e.g. \'{"min_lesion_ml": 0.2}\' (default: no gate)')
 
 
 def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +89,8 @@ def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--sequences", nargs="*", default=None, metavar="NAME",
                          help="sequences or channels to keep (e.g. swi dwi, or susceptibility dwi); the others are "
                               "treated as missing. Default: all")
+    predict.add_argument("--adc", default=None, help="ADC map on the stack's grid (results/register/...), for --lesion-gate")
+    add_lesion_gate_argument(predict)
     predict.add_argument("--out-probability", required=True, help="probability map (NIfTI float32, on the stack's grid)")
     predict.add_argument("--out-mask", required=True, help="thrombus mask (NIfTI uint8, on the stack's grid)")
     predict.add_argument("--record", required=True, help="JSON record of the prediction")

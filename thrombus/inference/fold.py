@@ -19,10 +19,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from thrombus.inference.cli import add_lesion_gate_argument, lesion_gate_option
 from thrombus.io import PathLike, atomic_folder, write_json
 from thrombus.options import json_object, positive_int
+
+if TYPE_CHECKING:
+    from thrombus.inference.lesion_gate import LesionGate
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class FoldRequest:
     out_dir: Path
     threads: int = 1
     device: str = "auto"
+    lesion_gate: LesionGate | None = None
 
 
 def subject_folder(root: PathLike, subset: str, center: str, subject: str) -> Path:
@@ -74,6 +79,7 @@ def predict_fold(request: FoldRequest) -> dict[str, Any]:
 def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_name: str) -> dict[str, Any]:
     from thrombus.progress import progress
 
+    from thrombus.inference.lesion_gate import registered_adc
     from thrombus.inference.predict import PredictRequest, harmonise_expected, predict_subject
     from thrombus.nifti import VolumeError
     from thrombus.training.card import model_from_checkpoint
@@ -111,6 +117,8 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
                     center=s.center,
                     threads=request.threads,
                     device=request.device,
+                    adc=registered_adc(request.stacks_root, s.center, s.subject),
+                    lesion_gate=request.lesion_gate,
                 ),
                 loaded,
             )
@@ -168,6 +176,7 @@ def add_predict_fold_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--postprocessing", default=None, help="postprocessing.json written by `thrombus calibrate`")
     parser.add_argument("--harmonise", default=None, help="JSON of the config's harmonise section (checked against the model card)")
     parser.add_argument("--subsets", default='{"all": []}', help='JSON {subset: [channels removed]}')
+    add_lesion_gate_argument(parser)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -190,6 +199,7 @@ def _cmd_predict_fold(args: argparse.Namespace) -> int:
         out_dir=Path(args.out_dir),
         threads=args.threads,
         device=args.device,
+        lesion_gate=lesion_gate_option(args.lesion_gate),
     )
     try:
         listing = predict_fold(request)

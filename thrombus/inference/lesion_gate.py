@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,12 +62,21 @@ class LesionGate:
         if self.min_lesion_ml < 0:
             raise ValueError(f"lesion_gate min_lesion_ml must be >= 0, got {self.min_lesion_ml}")
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> LesionGate | None:
         """The gate of a config section ({} gives the defaults); None (gate off) for no section or `enabled: false`."""
         if values is None or not values.get("enabled", True):
             return None
         return cls(float(values.get("adc_max", ADC_CORE)), float(values.get("min_lesion_ml", MIN_LESION_ML)))
+
+
+def registered_adc(root: Path, center: str, subject: str) -> Path | None:
+    """The subject's ADC map on its stack's grid as the workflow writes it (registration's output), if any."""
+    path = Path(root) / "results" / "register" / center / subject / "adc.nii.gz"
+    return path if path.exists() else None
 
 
 def core_lesions(adc: np.ndarray, brain: np.ndarray, voxel_ml: float, gate: LesionGate) -> np.ndarray:
@@ -82,39 +92,47 @@ def _midline(brain: np.ndarray, affine: np.ndarray) -> float:
     return float(to_scanner(np.argwhere(brain).mean(axis=0)[None, :], affine)[0, 0])
 
 
-def lesion_sides(lesion: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> list[str]:
-    """The sides ("left", "right", "midline") of the brain that hold a lesion component, each judged alone."""
-    if not lesion.any():
-        return []
+def _centres_x(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected labels of `mask` and the scanner x of each component's centroid (exact, not rounded to a voxel)."""
+    labels, sizes = label_components(mask)
+    if len(sizes) == 1:
+        return labels, np.zeros(0)
+    centres = np.asarray(ndimage.center_of_mass(mask, labels, range(1, len(sizes)))).reshape(-1, 3)
+    return labels, to_scanner(centres, affine)[:, 0]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate found on one subject: the sides holding a lesion, the brain's centre, the core's volume."""
+
+    sides: tuple[str, ...]
+    midline_x: float
+    lesion_ml: float
+
+    def keeps(self, x_mm: float) -> bool:
+        """Whether a candidate whose centroid lies at scanner x `x_mm` passes: on a lesion's side or the midline."""
+        side = side_of(x_mm, self.midline_x)
+        return bool(self.sides) and (side == "midline" or side in self.sides)
+
+
+def decide(adc: np.ndarray, brain: np.ndarray, affine: np.ndarray, gate: LesionGate) -> GateDecision:
+    """The sides of the brain that hold a core component of the gate's size, each component judged alone."""
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    lesion = core_lesions(adc, brain, voxel_ml, gate)
     midline = _midline(brain, affine)
-    labels, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), dtype=bool))
-    centres = ndimage.center_of_mass(lesion, labels, range(1, count + 1))
-    return sorted({side_of(float(x), midline) for x in to_scanner(np.asarray(centres), affine)[:, 0]})
+    _, xs = _centres_x(lesion, affine)
+    sides = tuple(sorted({side_of(float(x), midline) for x in xs}))
+    return GateDecision(sides, midline, round(float(lesion.sum()) * voxel_ml, 3))
 
 
-def allowed_region(brain: np.ndarray, affine: np.ndarray, sides: list[str]) -> np.ndarray:
-    """Where a candidate's centroid may lie: the sides holding a lesion and the midline band; nowhere without one."""
-    if not sides:
-        return np.zeros(brain.shape, dtype=bool)
-    i, j, k = np.ogrid[tuple(slice(0, n) for n in brain.shape)]
-    offset = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k + (affine[0, 3] - _midline(brain, affine))
-    allowed = np.abs(offset) < MIDLINE_MM
-    if "right" in sides:
-        allowed |= offset > 0  # scanner x grows toward the patient's right (measure.side_of)
-    if "left" in sides:
-        allowed |= offset < 0
-    return allowed
-
-
-def gate_components(mask: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """`mask` without the 26-connected components whose centroid lies outside `allowed`."""
+def gate_components(mask: np.ndarray, affine: np.ndarray, decision: GateDecision) -> np.ndarray:
+    """`mask` without the 26-connected components the decision drops. `affine` maps this array's indices to
+    scanner millimetres (a cropped or transposed array has its own)."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask
-    labels, sizes = label_components(mask)
-    centres = np.rint(ndimage.center_of_mass(mask, labels, range(1, len(sizes)))).astype(int)
-    keep = np.zeros(len(sizes), dtype=bool)
-    keep[1:] = allowed[tuple(centres.T)]
+    labels, xs = _centres_x(mask, affine)
+    keep = np.array([False, *(decision.keeps(float(x)) for x in xs)])
     return keep[labels]
 
 
@@ -131,27 +149,15 @@ def unit_problem(adc: np.ndarray, brain: np.ndarray) -> str | None:
     return None
 
 
-def gate_region(adc: np.ndarray | None, brain: np.ndarray, affine: np.ndarray, gate: LesionGate) -> np.ndarray | None:
-    """Where the gate lets a candidate's centroid lie on this grid; None where it cannot be applied."""
-    if adc is None or unit_problem(adc, brain):
-        return None
-    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    return allowed_region(brain, affine, lesion_sides(core_lesions(adc, brain, voxel_ml, gate), brain, affine))
-
-
 def apply_gate(mask: np.ndarray, adc: np.ndarray | None, brain: np.ndarray, affine: np.ndarray,
                gate: LesionGate) -> tuple[np.ndarray, dict[str, Any]]:
     """The gated mask and what the gate saw (for the inference record); the mask unchanged without an ADC map."""
-    if adc is None:
-        return mask, {**asdict(gate), "applied": False, "reason": "no ADC map for this subject"}
-    reason = unit_problem(adc, brain)
+    reason = "no ADC map for this subject" if adc is None else unit_problem(adc, brain)
     if reason:
-        return mask, {**asdict(gate), "applied": False, "reason": reason}
-    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    lesion = core_lesions(adc, brain, voxel_ml, gate)
-    sides = lesion_sides(lesion, brain, affine)
-    gated = gate_components(mask, allowed_region(brain, affine, sides))
+        return mask, {**gate.to_dict(), "applied": False, "reason": reason}
+    decision = decide(adc, brain, affine, gate)
+    gated = gate_components(mask, affine, decision)
     _, before = label_components(np.asarray(mask, dtype=bool))
     _, after = label_components(gated)
-    return gated, {**asdict(gate), "applied": True, "lesion_ml": round(float(lesion.sum()) * voxel_ml, 3),
-                   "lesion_sides": sides, "components_dropped": len(before) - len(after)}
+    return gated, {**gate.to_dict(), "applied": True, "lesion_ml": decision.lesion_ml, "lesion_sides": list(decision.sides),
+                   "components_dropped": len(before) - len(after)}

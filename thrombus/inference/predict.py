@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from thrombus.inference.lesion_gate import LesionGate, apply_gate
 from thrombus.inference.postprocess import Postprocessing, apply_postprocessing, component_sizes
 from thrombus.io import read_json, sha256_file, write_json
 from thrombus.model import ModelConfig, build_model
@@ -63,6 +64,8 @@ class PredictRequest:
         device: auto (CUDA when present), cpu or cuda.
         batch_size: slabs per forward pass (memory, not results).
         out_measurements: where the per-component readout goes (`measure.measurements`); None: not written.
+        adc: the ADC map on the stack's grid (registration's output), for the lesion gate.
+        lesion_gate: drop candidates on a side of the brain without a diffusion lesion (`lesion_gate`); None: off.
     """
 
     checkpoint: Path
@@ -80,6 +83,8 @@ class PredictRequest:
     device: str = "auto"
     batch_size: int = 4
     out_measurements: Path | None = None
+    adc: Path | None = None
+    lesion_gate: LesionGate | None = None
 
     @property
     def what(self) -> str:
@@ -295,6 +300,22 @@ def check_paths(request: PredictRequest) -> None:
         seen[resolved] = option
 
 
+def lesion_gated(request: PredictRequest, mask: np.ndarray, brain: np.ndarray, image: Any, channels: Sequence[str],
+                 used: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mask through the lesion gate, and what the gate did. A prediction made as if ADC were missing (a
+    sequence subset without it) is not gated with it either: that subset stands for a scan without ADC."""
+    assert request.lesion_gate is not None
+    if "adc" in channels and "adc" not in used:
+        return mask, {**request.lesion_gate.to_dict(), "applied": False, "reason": "ADC is not among the sequences used"}
+    adc = None
+    if request.adc is not None:
+        adc, adc_image = load_volume(request.adc, f"ADC map of {request.what}")
+        if adc.shape != mask.shape or not np.allclose(adc_image.affine, image.affine, atol=1e-3):
+            raise VolumeError(f"{request.what}: ADC map {request.adc} (shape {adc.shape}) is not on the grid of its stack "
+                              f"{request.stack} (shape {mask.shape}); give the ADC registered to the reference sequence")
+    return apply_gate(mask, adc, brain, image.affine, request.lesion_gate)
+
+
 def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Predict one subject and write the probability map, the mask and the record; returns the record.
 
@@ -332,11 +353,14 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     mask = apply_postprocessing(probability, post, voxel_mm3=voxel_mm3)
+    used = [name for name, keep in zip(channels, selected) if keep]
+    gate = {"enabled": False}
+    if request.lesion_gate is not None:
+        mask, gate = lesion_gated(request, mask, brain, image, channels, used)
     save_array(probability, affine, request.out_probability, np.float32)
     save_array(mask, affine, request.out_mask, np.uint8)
     sizes = component_sizes(mask)
     voxel_ml = voxel_mm3 / 1000.0
-    used = [name for name, keep in zip(channels, selected) if keep]
     if request.out_measurements is not None:
         write_json(request.out_measurements, measurements(request.subject, request.center, mask, probability, affine, brain, used))
     record = {
@@ -355,6 +379,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "network_slice_mm": network_mm,
         "threshold": post.threshold,
         "min_component_mm3": post.min_component_mm3,
+        "lesion_gate": gate,
         "components": len(sizes),
         "component_voxels": sizes,
         "predicted_voxels": int(mask.sum()),

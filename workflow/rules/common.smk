@@ -128,7 +128,13 @@ def inference_model():
 def predict_inputs(wildcards):
     s = ALL_SUBJECTS[wildcards.subject]
     stack = f"results/harmonise/{s.center}/{s.subject}"
-    return {"stack": f"{stack}/stack.nii.gz", "summary": f"{stack}/stack.json", **inference_model()}
+    adc = {"adc": f"results/register/{s.center}/{s.subject}/adc.nii.gz"} if "adc" in registered_sequences(s.subject) else {}
+    return {"stack": f"{stack}/stack.nii.gz", "summary": f"{stack}/stack.json", **adc, **inference_model()}
+
+
+def predict_adc_flag(wildcards, input):
+    """`--adc` for a subject whose ADC map was registered to its stack's grid (the lesion gate reads it)."""
+    return optional_flags(input, [("adc", "adc")])
 
 
 def table_targets():

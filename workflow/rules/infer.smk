@@ -41,6 +41,7 @@ rule infer:
         sheet=SHEET_PARAM,
         harmonise=json.dumps(config["harmonise"]),
         subsets=experiment_subsets,
+        lesion_gate=json.dumps(config["lesion_gate"], sort_keys=True),
         # the inputs' paths, for the command: the inputs are known only once the split checkpoint ran
         splits=experiment_splits,
         model="results/models/{experiment}/fold{fold}",
@@ -53,7 +54,7 @@ rule infer:
     shell:
         "thrombus predict-fold --sheet {params.sheet:q} --stacks-root . --splits {params.splits:q} --fold {wildcards.fold}"
         " --checkpoint {params.model:q}/best.pt --postprocessing {params.model:q}/postprocessing.json --harmonise {params.harmonise:q}"
-        " --subsets {params.subsets:q} --out-dir {output:q} --threads {threads} 2> {log:q}"
+        " --subsets {params.subsets:q} --lesion-gate {params.lesion_gate:q} --out-dir {output:q} --threads {threads} 2> {log:q}"
 
 
 rule evaluate:
@@ -139,6 +140,8 @@ rule predict:
         "logs/benchmarks/predict/{center}/{subject}.tsv"
     params:
         harmonise=json.dumps(config["harmonise"]),
+        lesion_gate=json.dumps(config["lesion_gate"], sort_keys=True),
+        adc=predict_adc_flag,
     threads: config["threads"]["infer"]
     resources:
         mem_mb=infer_mem_mb,
@@ -148,8 +151,8 @@ rule predict:
     shell:
         "thrombus predict --subject {wildcards.subject} --center {wildcards.center} --checkpoint {input.checkpoint:q}"
         " --postprocessing {input.postprocessing:q} --stack {input.stack:q} --summary {input.summary:q}"
-        " --harmonise {params.harmonise:q} --out-probability {output.probability:q} --out-mask {output.mask:q}"
-        " --record {output.record:q} --threads {threads} 2> {log:q}"
+        " --harmonise {params.harmonise:q} --lesion-gate {params.lesion_gate:q} {params.adc}"
+        " --out-probability {output.probability:q} --out-mask {output.mask:q} --record {output.record:q} --threads {threads} 2> {log:q}"
 
 
 rule measure:
