@@ -82,3 +82,17 @@ def test_the_config_section_turns_the_gate_on_and_off() -> None:
     assert LesionGate.from_mapping({"min_lesion_ml": 0.5}).min_lesion_ml == 0.5
     with pytest.raises(ValueError, match="adc_max"):
         LesionGate(adc_max=0.62)
+
+
+@pytest.mark.bad_input
+def test_a_bad_lesion_gate_option_stops_predict_fold_with_a_message(caplog: pytest.LogCaptureFixture) -> None:
+    import argparse
+
+    from thrombus.inference.fold import add_predict_fold_parser
+
+    parser = argparse.ArgumentParser()
+    add_predict_fold_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["predict-fold", "--sheet", "s.tsv", "--stacks-root", ".", "--splits", "loco.json", "--fold", "0",
+                              "--checkpoint", "best.pt", "--out-dir", "out", "--lesion-gate", '{"min_lesion_ml": -1}'])
+    assert args.func(args) == 1
+    assert "--lesion-gate: lesion_gate min_lesion_ml must be >= 0" in caplog.text

@@ -187,6 +187,11 @@ def _cmd_predict_fold(args: argparse.Namespace) -> int:
     from thrombus.training.card import CheckpointError
     from thrombus.training.splits import SplitsError
 
+    try:
+        gate = lesion_gate_option(args.lesion_gate)
+    except ValueError as error:
+        log.error("--lesion-gate: %s", error)
+        return 1
     request = FoldRequest(
         sheet=Path(args.sheet),
         splits=Path(args.splits),
@@ -199,7 +204,7 @@ def _cmd_predict_fold(args: argparse.Namespace) -> int:
         out_dir=Path(args.out_dir),
         threads=args.threads,
         device=args.device,
-        lesion_gate=lesion_gate_option(args.lesion_gate),
+        lesion_gate=gate,
     )
     try:
         listing = predict_fold(request)
