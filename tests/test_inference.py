@@ -400,6 +400,23 @@ def blob(value: float, corner: tuple[int, int, int], size: int, shape: tuple[int
     return volume
 
 
+def test_calibration_scores_each_setting_after_the_lesion_gate() -> None:
+    """A faint clot (p 0.35) and, on a thrombus-negative subject without a lesion, a look-alike too large for any
+    size filter (p 0.45): without the gate no threshold serves both and the tie goes to 0.5, missing the clot;
+    with it the look-alike is dropped whatever the threshold, and 0.3 finds the clot."""
+    from thrombus.inference.lesion_gate import CaseGate, GateDecision
+
+    truth = (blob(1, (12, 2, 2), 3) > 0).astype(np.uint8)
+    positive, negative = blob(0.35, (12, 2, 2), 3), blob(0.45, (10, 10, 10), 4)
+    plain = choose_postprocessing([positive, negative], [truth, np.zeros_like(truth)], ["P1", "N1"])
+    assert plain.threshold == 0.5 and plain.score == pytest.approx(0.5)
+    right = CaseGate(GateDecision(("right",), midline_x=5.0, lesion_ml=2.0), np.eye(4))  # the clot at x 13 is on the right
+    nothing = CaseGate(GateDecision((), midline_x=10.0, lesion_ml=0.0), np.eye(4))
+    gated = choose_postprocessing([positive, negative], [truth, np.zeros_like(truth)], ["P1", "N1"], gates=[right, nothing])
+    assert gated.threshold == pytest.approx(0.3) and gated.score == pytest.approx(1.0)
+    assert gated.criterion == CRITERION + ", after the lesion gate (2 of 2 subjects with an ADC map)"
+
+
 def test_calibration_threshold_removes_a_faint_false_positive_on_a_negative_case() -> None:
     truth = (blob(1, (2, 2, 2), 3) > 0).astype(np.uint8)
     positive = blob(0.45, (2, 2, 2), 3)  # a faint but right thrombus: missed at 0.5

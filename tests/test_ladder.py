@@ -180,8 +180,7 @@ def test_the_workflow_trains_with_the_recipe_its_time_to_quality_benchmark_names
 def test_the_lesion_gate_decides_alike_on_a_case_cropped_and_read_slices_first() -> None:
     """The ladder gates predictions on the case's arrays (cropped to the brain box, slices first); the affine it
     gives them must make each component's side the one it has on the stack's grid."""
-    from thrombus.inference.lesion_gate import GateDecision, gate_components
-    from thrombus.ladder import case_affine
+    from thrombus.inference.lesion_gate import GateDecision, case_affine, gate_components
 
     rng = np.random.default_rng(4)
     angle = np.radians(15)

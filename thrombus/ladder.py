@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from thrombus.experiments import deep_merge
-from thrombus.inference.lesion_gate import GateDecision, LesionGate, decide, gate_components, registered_adc, unit_problem
+from thrombus.inference.lesion_gate import CaseGate, LesionGate, case_gates
 from thrombus.io import read_json, write_json
 from thrombus.samples import Subject, read_sheet, subjects
 
@@ -52,14 +52,6 @@ RUNGS: tuple[str, ...] = ("overfit", "monocentric", "mixed", "loco")
 KINDS: tuple[str, ...] = (*RUNGS, "subjects")
 #: 26-connectivity, the evaluation's rule for components.
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)
-
-
-@dataclass(frozen=True)
-class Gated:
-    """The lesion gate's decision on one scored subject, with the affine of its case's arrays."""
-
-    decision: GateDecision
-    affine: np.ndarray
 
 
 class LadderError(ValueError):
@@ -203,12 +195,12 @@ def rung_specs(settings: Mapping[str, Any], pool: Sequence[Subject], seed: int) 
 
 
 def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, threshold: float = 0.5,
-               gate: Gated | None = None) -> dict[str, float]:
+               gate: CaseGate | None = None) -> dict[str, float]:
     """Dice, detection and false-positive components of one case at `threshold`, no size filter; with `gate`
     (the lesion gate's decision and the array's affine), only the components it keeps."""
     mask = probability > threshold
     if gate is not None:
-        mask = gate_components(mask, gate.affine, gate.decision)
+        mask = gate.apply(mask)
     truth = truth > 0
     labels, count = ndimage.label(mask, structure=STRUCTURE)
     hit = set(np.unique(labels[truth & mask]).tolist()) - {0}
@@ -218,7 +210,7 @@ def score_case(probability: np.ndarray, truth: np.ndarray, outside: int, thresho
 
 
 def score(model: Any, cases: Sequence[Any], options: Any, device: Any,
-          regions: Mapping[str, Gated | None] | None = None) -> dict[str, Any]:
+          regions: Mapping[str, CaseGate | None] | None = None) -> dict[str, Any]:
     """Score the model on whole volumes of `cases` as validation predicts them; with `regions` (subject ->
     the lesion gate on the case's grid, None where the gate cannot be applied), gated."""
     import torch
@@ -259,7 +251,7 @@ def _point(iteration: int, cpu: float, wall: float, rows: Mapping[str, Mapping[s
 
 def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Mapping[str, Any], out_dir: Path,
              seed: int, threads: int, progress: bool = False,
-             regions: Mapping[str, Gated | None] | None = None) -> RungResult:
+             regions: Mapping[str, CaseGate | None] | None = None) -> RungResult:
     """Train one recipe on one rung, scoring every `eval_every` iterations (the scoring is not timed)."""
     from thrombus.training.cli import _model_config, _train_options
     from thrombus.training.trainer import Trainer, TrainRun, discard_checkpoints
@@ -336,7 +328,7 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     cases = {case.subject: case for case in loaded}
     gate = LesionGate.from_mapping(settings.get("lesion_gate", {}))
     scored = sorted({name for spec in specs for name in spec.scored})
-    regions = gate_regions([by_id[name] for name in scored], root, gate) if gate else {}
+    regions = case_gates([(by_id[name].center, name) for name in scored], root, gate) if gate else {}
     rows = rows or out_dir / "ladder.json"
     results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
@@ -387,38 +379,6 @@ def _final_row(result: RungResult) -> str:
     return (f"| {result.recipe} | {last.iteration} | {_fmt(minutes, 1)} | {_fmt(last.dice)} | "
             f"{last.detected}/{last.positives} | {negatives} | {_fmt(last.fp_components, 1)} | "
             f"{_fmt(best.dice)} @ {best.iteration} | {_fmt(result.minutes_to(0.5), 1)} |")
-
-
-def case_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
-    """The affine of a case's arrays: the stack's voxels cropped to `box` and read slices first (z, x, y)."""
-    to_stack = np.zeros((4, 4))
-    to_stack[0, 1] = to_stack[1, 2] = to_stack[2, 0] = to_stack[3, 3] = 1.0  # (z, x, y) -> (x, y, z)
-    to_stack[:3, 3] = [box[0].start, box[1].start, box[2].start]
-    return affine @ to_stack
-
-
-def gate_regions(scored: Sequence[Subject], root: Path, gate: LesionGate) -> dict[str, Gated | None]:
-    """The lesion gate of each scored subject on its case's grid (the stack cropped to the brain box, slices
-    first, as `load_case` crops it), from the registered ADC map beside its stack; None for a subject without
-    one (or with one the gate refuses): the gate is not applied to it, as at inference."""
-    import nibabel as nib
-
-    from thrombus.training.data import _brain_box
-
-    regions: dict[str, Gated | None] = {}
-    for subject in scored:
-        adc_path = registered_adc(root, subject.center, subject.subject)
-        stack_path = root / "results" / "harmonise" / subject.center / subject.subject / "stack.nii.gz"
-        regions[subject.subject] = None
-        if adc_path is None or not stack_path.exists():
-            continue
-        stack = nib.load(str(stack_path))
-        brain = np.any(np.asarray(stack.dataobj) != 0, axis=3)
-        adc = np.asarray(nib.load(str(adc_path)).dataobj, dtype=np.float32)
-        if unit_problem(adc, brain) is None:
-            box = _brain_box(brain, f"subject {subject.subject} stack {stack_path}")
-            regions[subject.subject] = Gated(decide(adc, brain, stack.affine, gate), case_affine(stack.affine, box))
-    return regions
 
 
 def _curve(result: RungResult) -> str:

@@ -24,7 +24,7 @@ best case of the first kind of error; the smallest lesion volume is a setting fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,58 @@ def gate_components(mask: np.ndarray, affine: np.ndarray, decision: GateDecision
     labels, xs = _centres_x(mask, affine)
     keep = np.array([False, *(decision.keeps(float(x)) for x in xs)])
     return keep[labels]
+
+
+@dataclass(frozen=True)
+class CaseGate:
+    """The gate's decision on one subject with the affine of the arrays it is applied to (a training case's
+    arrays are cropped to the brain box and read slices first: `case_affine`)."""
+
+    decision: GateDecision
+    affine: np.ndarray
+
+    def kept(self, labels: np.ndarray, count: int) -> np.ndarray:
+        """Which of `count` labelled components (index 0 the background, never kept) pass the gate."""
+        keep = np.zeros(count + 1, dtype=bool)
+        if count:
+            centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, range(1, count + 1))).reshape(-1, 3)
+            keep[1:] = [self.decision.keeps(float(x)) for x in to_scanner(centres, self.affine)[:, 0]]
+        return keep
+
+    def apply(self, mask: np.ndarray) -> np.ndarray:
+        return gate_components(mask, self.affine, self.decision)
+
+
+def case_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of a case's arrays: the stack's voxels cropped to `box` and read slices first (z, x, y)."""
+    to_stack = np.zeros((4, 4))
+    to_stack[0, 1] = to_stack[1, 2] = to_stack[2, 0] = to_stack[3, 3] = 1.0  # (z, x, y) -> (x, y, z)
+    to_stack[:3, 3] = [box[0].start, box[1].start, box[2].start]
+    return affine @ to_stack
+
+
+def case_gates(subjects: Sequence[tuple[str, str]], root: Path, gate: LesionGate) -> dict[str, CaseGate | None]:
+    """The gate of each (center, subject) on its training case's arrays (`load_case`: the stack cropped to the
+    brain box, slices first), from the registered ADC map beside its stack; None for a subject without one,
+    or with one the gate refuses: the gate is not applied to it, as at inference."""
+    import nibabel as nib
+
+    from thrombus.training.data import _brain_box
+
+    gates: dict[str, CaseGate | None] = {}
+    for center, subject in subjects:
+        adc_path = registered_adc(root, center, subject)
+        stack_path = Path(root) / "results" / "harmonise" / center / subject / "stack.nii.gz"
+        gates[subject] = None
+        if adc_path is None or not stack_path.exists():
+            continue
+        stack = nib.load(str(stack_path))
+        brain = np.any(np.asarray(stack.dataobj) != 0, axis=3)
+        adc = np.asarray(nib.load(str(adc_path)).dataobj, dtype=np.float32)
+        if unit_problem(adc, brain) is None:
+            box = _brain_box(brain, f"subject {subject} (center {center}) stack {stack_path}")
+            gates[subject] = CaseGate(decide(adc, brain, stack.affine, gate), case_affine(stack.affine, box))
+    return gates
 
 
 def unit_problem(adc: np.ndarray, brain: np.ndarray) -> str | None:

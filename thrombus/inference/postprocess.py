@@ -44,10 +44,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from thrombus.inference.lesion_gate import CaseGate
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +156,22 @@ def component_sizes(mask: np.ndarray) -> list[int]:
 
 
 def _case_scores(probability: np.ndarray, truth: np.ndarray, outside: int, sizes: Sequence[float], threshold: float,
-                 voxel_mm3: float) -> list[float]:
+                 voxel_mm3: float, gate: CaseGate | None = None) -> list[float]:
     """The case score at one threshold for every minimum size, labelling the thresholded map only once.
 
     Each component's size and its overlap with the truth are counted once; a minimum size then only
-    selects components, so the whole row of sizes costs one `ndimage.label`.
+    selects components, so the whole row of sizes costs one `ndimage.label`. With `gate` (the lesion gate
+    inference applies after these settings) only the components it lets through count.
     """
     mask = probability > threshold
     truth = truth > 0
     truth_voxels = int(truth.sum()) + outside
     labels, component_voxels = label_components(mask)
     overlap = np.bincount(labels[truth], minlength=len(component_voxels))
+    passed = gate.kept(labels, len(component_voxels) - 1) if gate is not None else np.ones(len(component_voxels), dtype=bool)
     scores = []
     for size in sizes:
-        keep = component_voxels * voxel_mm3 >= max(size, voxel_mm3)
+        keep = (component_voxels * voxel_mm3 >= max(size, voxel_mm3)) & passed
         keep[0] = False
         if truth_voxels == 0:
             scores.append(0.0 if keep.any() else 1.0)
@@ -190,13 +195,16 @@ def choose_postprocessing(
     truth_outside: Sequence[int] | None = None,
     voxel_volumes: Sequence[float] | None = None,
     min_positives: int = 1,
+    gates: Sequence[CaseGate | None] | None = None,
 ) -> Postprocessing:
     """Grid search of threshold and minimum volume on validation subjects (criterion: module docstring).
 
     `truth_outside` counts thrombus voxels of each subject that lie outside its arrays (outside the
     brain box a validation case is cropped to); they can only be missed, as in the training's Dice.
     `voxel_volumes` (mm^3) are the subjects' voxels; without them every voxel counts as 1 mm^3.
-    With fewer than `min_positives` subjects that have a thrombus the defaults are returned.
+    With fewer than `min_positives` subjects that have a thrombus the defaults are returned. `gates` (one
+    per subject, None where it does not apply) scores each candidate as inference will see it, after the
+    lesion gate.
     """
     if not (len(probabilities) == len(truths) == len(subjects)):
         raise ValueError(f"{len(probabilities)} probability maps, {len(truths)} truths and {len(subjects)} subjects: one each")
@@ -210,18 +218,21 @@ def choose_postprocessing(
         return Postprocessing(chosen_on=tuple(subjects), criterion=FEW_CRITERION.format(min_positives, positives))
     outside = list(truth_outside) if truth_outside is not None else [0] * len(subjects)
     volumes = list(voxel_volumes) if voxel_volumes is not None else [1.0] * len(subjects)
+    gated = list(gates) if gates is not None else [None] * len(subjects)
     totals = np.zeros((len(thresholds), len(sizes)))
-    for probability, truth, extra, voxel_mm3 in zip(probabilities, truths, outside, volumes):
+    for probability, truth, extra, voxel_mm3, gate in zip(probabilities, truths, outside, volumes, gated):
         if probability.shape != truth.shape:
             raise ValueError(f"probability map {probability.shape} and truth {truth.shape} differ in shape")
         for row, threshold in enumerate(thresholds):
-            totals[row] += _case_scores(probability, truth, int(extra), sizes, float(threshold), float(voxel_mm3))
+            totals[row] += _case_scores(probability, truth, int(extra), sizes, float(threshold), float(voxel_mm3), gate)
     means = totals / len(subjects)
     candidates = [(round(float(means[r, c]), 9), _preference(float(t), float(s)), float(t), float(s))
                   for r, t in enumerate(thresholds) for c, s in enumerate(sizes)]
     ranked = sorted(candidates, reverse=True)
     score, _, threshold, size = ranked[0]
-    chosen = Postprocessing(threshold, size, tuple(subjects), score, CRITERION,
+    applied = sum(gate is not None for gate in gated)
+    criterion = CRITERION + (f", after the lesion gate ({applied} of {len(subjects)} subjects with an ADC map)" if applied else "")
+    chosen = Postprocessing(threshold, size, tuple(subjects), score, criterion,
                             tuple((t, s, c) for c, _, t, s in ranked))
     log.info("postprocessing chosen on %d validation subjects: threshold %.2f, min size %g mm^3, score %.4f",
              len(subjects), threshold, size, score)

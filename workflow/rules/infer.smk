@@ -14,6 +14,7 @@ rule calibrate:
         sheet=SHEET_PARAM,
         splits=experiment_splits,  # read, not an input: new test subjects do not change the calibration
         checkpoint="results/models/{experiment}/fold{fold}/best.pt",  # also an input; named here for the command
+        lesion_gate=json.dumps(config["lesion_gate"], sort_keys=True),
     threads: config["threads"]["infer"]
     resources:
         mem_mb=calibrate_mem_mb,
@@ -22,7 +23,7 @@ rule calibrate:
         "../../envs/train.yaml"
     shell:
         "thrombus calibrate --sheet {params.sheet:q} --stacks-root . --splits {params.splits:q} --fold {wildcards.fold}"
-        " --checkpoint {params.checkpoint:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
+        " --checkpoint {params.checkpoint:q} --lesion-gate {params.lesion_gate:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
 
 
 rule infer:
