@@ -143,8 +143,13 @@ class Trainer:
         }
 
     def resume_from(self, path: Path) -> None:
-        """Continue from a checkpoint of this very run; refused when its card differs from ours."""
-        payload = load_checkpoint(path, self.expected_card())
+        """Continue from a checkpoint of this very run; refused when its card differs from ours, saying how to
+        start afresh (a changed `iterations` or recipe in the config lands here)."""
+        try:
+            payload = load_checkpoint(path, self.expected_card())
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}. To train this configuration from the start instead of resuming, remove "
+                                  f"{path.parent} (its checkpoints are of the other configuration)") from error
         if payload["card"].get("code") != self.run.card.get("code"):
             log.warning("resuming %s made by code %s with code %s", path, payload["card"].get("code"), self.run.card.get("code"))
         self.model.load_state_dict(payload["model"])
