@@ -444,12 +444,14 @@ def by_segment(result: RungResult) -> str | None:
 
 def _seed_rows(rows: Sequence[RungResult], others: Sequence[RungResult], seed: int) -> list[str]:
     """The rung's rows rerun with other training seeds, each recipe's seeds together with the ladder seed's
-    row, and the mean over them: whether a difference between recipes outlives the seed."""
+    row, and the mean over them: whether a difference between recipes outlives the seed. The lesion gate's
+    figures beside them where the rows have them."""
     if not others:
         return []
-    lines = ["", "The same subjects with other training seeds (final weights):", "",
-             "| recipe | training seed | CPU min | Dice | detected | negatives with FP | FP components / subject |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "The same subjects with other training seeds (final weights; the last three columns with the lesion gate):", "",
+             "| recipe | training seed | CPU min | Dice | detected | negatives with FP | FP components / subject |"
+             " gated Dice | gated negatives with FP | gated FP components / subject |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for first in rows:
         runs = [first, *sorted((r for r in others if r.recipe == first.recipe), key=lambda r: r.seed or 0)]
         if len(runs) == 1:
@@ -457,16 +459,27 @@ def _seed_rows(rows: Sequence[RungResult], others: Sequence[RungResult], seed: i
         for run in runs:
             last = run.points[-1]
             minutes = None if last.cpu_seconds is None else last.cpu_seconds / 60
-            negatives = f"{last.negatives_with_fp}/{last.negatives}" if last.negatives else "-"
-            lines.append(f"| {run.recipe} | {seed if run.seed is None else run.seed} | {_fmt(minutes, 1)} | {_fmt(last.dice)} | "
-                         f"{last.detected}/{last.positives} | {negatives} | {_fmt(last.fp_components, 1)} |")
+            lines.append(f"| {run.recipe} | {seed if run.seed is None else run.seed} | {_fmt(minutes, 1)} | "
+                         f"{_scores([last])} | {_scores([run.gated] if run.gated else [], detected=False)} |")
         finals = [run.points[-1] for run in runs]
-        dice = [p.dice for p in finals]
-        lines.append(f"| {first.recipe}: mean of {len(runs)} | | | {_fmt(float(np.mean(dice)))} "
-                     f"({_fmt(min(dice))}-{_fmt(max(dice))}) | {sum(p.detected for p in finals)}/{sum(p.positives for p in finals)} | "
-                     f"{sum(p.negatives_with_fp or 0 for p in finals)}/{sum(p.negatives for p in finals)} | "
-                     f"{_fmt(float(np.mean([p.fp_components or 0.0 for p in finals])), 1)} |")
+        gated = [run.gated for run in runs if run.gated is not None]
+        lines.append(f"| {first.recipe}: mean of {len(runs)} | | | {_scores(finals)} | "
+                     f"{_scores(gated if len(gated) == len(runs) else [], detected=False)} |")
     return lines
+
+
+def _scores(points: Sequence[Point], detected: bool = True) -> str:
+    """Dice (with its range over several points), detections, negatives with FP and FP components, as cells."""
+    if not points:
+        return " | ".join(["-"] * (4 if detected else 3))
+    dice = [p.dice for p in points]
+    cells = [_fmt(float(np.mean(dice))) + (f" ({_fmt(min(dice))}-{_fmt(max(dice))})" if len(points) > 1 else "")]
+    if detected:
+        cells.append(f"{sum(p.detected for p in points)}/{sum(p.positives for p in points)}")
+    negatives = sum(p.negatives for p in points)
+    cells.append(f"{sum(p.negatives_with_fp or 0 for p in points)}/{negatives}" if negatives else "-")
+    cells.append(_fmt(float(np.mean([p.fp_components or 0.0 for p in points])), 1))
+    return " | ".join(cells)
 
 
 def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) -> str:
