@@ -81,10 +81,10 @@ def test_files_are_written_under_a_temporary_name(path: Path) -> None:
 
 
 # Placeholders a shell command may use unquoted: numbers, names the schemas restrict to [A-Za-z0-9_],
-# and the flags and path lists common.smk quotes itself with shlex.quote (masks, scales, transform, images).
+# and the flags and path lists common.smk quotes itself with shlex.quote (masks, scales, transform, images, adc).
 UNQUOTED_OK = re.compile(
     r"threads|wildcards\.\w+|params\.(seed|resume|sequence|sequences|reference_sequence|derive_adc|transform"
-    r"|experiments|subsets|masks|scales|images)"
+    r"|experiments|subsets|masks|scales|images|adc)"
 )
 
 
