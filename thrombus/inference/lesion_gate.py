@@ -39,7 +39,7 @@ from thrombus.inference.postprocess import label_components
 ADC_CORE = 620.0
 #: Smallest lesion (ml, one 26-connected component of the core) that opens the gate. On the training
 #: centers of the paper cohort (A, B, D) the largest core component of a thrombus-negative subject is
-#: 0.02-0.15 ml (noise and partial volume at the ventricles), that of a thrombus-positive one 0.12-26 ml,
+#: 0.02-0.15 ml, that of a thrombus-positive one 0.12-25 ml,
 #: 3 of 28 below 0.2 ml (small M2 infarcts): the round figure above the negatives.
 MIN_LESION_ML = 0.2
 #: ADC values at or below this are not tissue (outside the head, failed fits): never core.
@@ -51,7 +51,7 @@ BRAIN_MEDIAN_RANGE = (300.0, 2000.0)
 
 @dataclass(frozen=True)
 class LesionGate:
-    """The gate's two settings (config `postprocess.lesion_gate`)."""
+    """The gate's two settings (the config's `lesion_gate` section)."""
 
     adc_max: float = ADC_CORE
     min_lesion_ml: float = MIN_LESION_ML
