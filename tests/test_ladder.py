@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from thrombus.ladder import (
+    gate_rows,
     LadderError,
     Point,
     RungResult,
@@ -155,6 +157,17 @@ def test_ladder_runs_every_rung_and_renders_its_results(cohort: Path, tmp_path: 
                    "loco / tiny (training seed 7)"):
         assert needed in text, needed
     assert text.count("| tiny | 4 |") == 2  # monocentric's and loco's main rows: loco's table keeps the ladder seed's alone
+
+    # a row run before the gate was scored gets its gated figures from the final weights it left behind
+    before = [dataclasses.replace(r, gated=None, gated_subjects=None) if (r.recipe, r.rung) == ("tiny", "loco") else r
+              for r in read_results(store)]
+    write_results(store, before)
+    gated = gate_rows({**settings, "only": ["tiny/loco"]}, cohort, tmp_path / "out", seed=1, threads=1, rows=store, commit="def5678")
+    again_loco = next(r for r in gated if (r.recipe, r.rung, r.seed) == ("tiny", "loco", None))
+    assert again_loco.gated == loco.gated and again_loco.gated_subjects == 3
+    assert again_loco.source.endswith("gated figures computed at def5678 from its final weights")
+    with pytest.raises(LadderError, match="no row .* or no checkpoint"):
+        gate_rows({**settings, "only": ["tiny/mixed"]}, cohort, tmp_path / "elsewhere", seed=1, threads=1, rows=store)
 
 
 def test_the_row_store_sits_beside_the_page_it_renders(tmp_path: Path) -> None:

@@ -349,6 +349,57 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     return results
 
 
+def gate_rows(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int, rows: Path,
+              commit: str = "", train_seed: int | None = None) -> list[RungResult]:
+    """Score the final weights a run left in `out_dir` with the lesion gate and add the figures to its row.
+
+    For rows run before the gate was scored: each selected row (settings' `only`, the training seed) must
+    have its `latest.pt` at the row's last iteration; the rest of the row is kept, and its source says at
+    which commit the gated figures were computed.
+    """
+    import torch
+
+    from thrombus.model import build_model
+    from thrombus.training.cli import _model_config, _train_options
+    from thrombus.training.data import case_sources, load_cases
+
+    pool = subjects(read_sheet(settings["samples"]), {})
+    by_id = {s.subject: s for s in pool}
+    only = set(settings.get("only") or [])
+    other = None if train_seed is None or train_seed == seed else train_seed
+    chosen = [spec for spec in rung_specs(settings, pool, seed) if any(pair.endswith(f"/{spec.name}") for pair in only)]
+    gate = LesionGate.from_mapping(settings.get("lesion_gate", {})) or LesionGate()
+    results = read_results(rows)
+    for spec in chosen:
+        channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
+        cases = load_cases(case_sources([by_id[name] for name in spec.scored], root), channels)
+        regions = case_gates([(by_id[name].center, name) for name in spec.scored], root, gate)
+        for recipe, sections in settings["recipes"].items():
+            if f"{recipe}/{spec.name}" not in only:
+                continue
+            row = next((r for r in results if _key(r) == (recipe, spec.name, other)), None)
+            checkpoint = (out_dir / f"seed-{other}" if other is not None else out_dir) / recipe / spec.name / "latest.pt"
+            if row is None or not checkpoint.exists():
+                raise LadderError(f"{recipe}/{spec.name}: no row in {rows} or no checkpoint {checkpoint} to gate")
+            payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            if int(payload["iteration"]) != row.points[-1].iteration:
+                raise LadderError(f"{checkpoint} is at iteration {payload['iteration']}, the row's weights at "
+                                  f"{row.points[-1].iteration}: not the row's final weights")
+            model = build_model(_model_config(sections.get("model", {}), sections.get("harmonise", {})))
+            model.load_state_dict(payload["model"])
+            options = _train_options({**sections.get("train", {}), "iterations": spec.iterations})
+            torch.set_num_threads(threads)
+            point = _point(row.points[-1].iteration, row.points[-1].cpu_seconds or 0.0, row.points[-1].wall_seconds or 0.0,
+                           score(model, cases, options, torch.device("cpu"), regions))
+            row.gated, row.gated_subjects = point, sum(regions[name] is not None for name in spec.scored) or None
+            note = f"gated figures computed at {commit or 'an unknown commit'} from its final weights"
+            row.source = f"{row.source}; {note}" if row.source else note
+            write_results(rows, results)
+            log.info("%s / %s gated: Dice %.3f, detected %d/%d, negatives with FP %d/%d, FP %.1f", recipe, spec.name,
+                     point.dice, point.detected, point.positives, point.negatives_with_fp, point.negatives, point.fp_components)
+    return results
+
+
 def _key(result: RungResult) -> tuple[str, str, int | None]:
     return result.recipe, result.rung, result.seed
 

@@ -37,7 +37,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     import yaml
 
     from thrombus.io import write_text
-    from thrombus.ladder import load_ladder_config, read_results, render_results, run_ladder
+    from thrombus.ladder import gate_rows, load_ladder_config, read_results, render_results, run_ladder
 
     base = yaml.safe_load(Path(args.workflow_config).read_text())
     settings = load_ladder_config(Path(args.config), base)
@@ -48,7 +48,12 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
     seed = int(settings.get("seed", base.get("seed", 0)))
     threads = int(args.threads or settings.get("threads", 2))
     rows = Path(args.rows) if args.rows else rows_beside(args.results, out_dir)
-    if not args.report_only:
+    if args.gate_only:
+        if not args.only or not rows.exists():
+            log.error("ladder --gate-only: name the rows with --only and keep their store (%s)", rows)
+            return 1
+        gate_rows(settings, Path(args.root), out_dir, seed, threads, rows, commit=_commit(), train_seed=args.train_seed)
+    elif not args.report_only:
         run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit(), rows=rows,
                    train_seed=args.train_seed)
     elif not rows.exists():
@@ -89,5 +94,7 @@ def add_ladder_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="train with this seed on the ladder seed's subjects; its rows sit beside the ladder seed's")
     ladder.add_argument("--only", nargs="*", default=None, help="recipe/rung pairs to run, e.g. new/overfit")
     ladder.add_argument("--report-only", action="store_true", help="render the Markdown from the row store, running nothing")
+    ladder.add_argument("--gate-only", action="store_true",
+                        help="add the lesion gate's figures to the --only rows from the final weights they left in --out-dir")
     ladder.add_argument("--quiet", action="store_true")
     ladder.set_defaults(func=_cmd_ladder)
