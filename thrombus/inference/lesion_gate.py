@@ -125,15 +125,26 @@ def decide(adc: np.ndarray, brain: np.ndarray, affine: np.ndarray, gate: LesionG
     return GateDecision(sides, midline, round(float(lesion.sum()) * voxel_ml, 3))
 
 
+def _passing(labels: np.ndarray, count: int, affine: np.ndarray, decision: GateDecision) -> np.ndarray:
+    """Which of `count` labelled components (index 0 the background, never kept) the decision keeps."""
+    keep = np.zeros(count + 1, dtype=bool)
+    if count:
+        centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, range(1, count + 1))).reshape(-1, 3)
+        keep[1:] = [decision.keeps(float(x)) for x in to_scanner(centres, affine)[:, 0]]
+    return keep
+
+
+def _gate(mask: np.ndarray, affine: np.ndarray, decision: GateDecision) -> tuple[np.ndarray, int]:
+    """The gated mask and how many components it dropped, labelling the mask once."""
+    labels, sizes = label_components(np.asarray(mask, dtype=bool))
+    keep = _passing(labels, len(sizes) - 1, affine, decision)
+    return keep[labels], len(sizes) - 1 - int(keep.sum())
+
+
 def gate_components(mask: np.ndarray, affine: np.ndarray, decision: GateDecision) -> np.ndarray:
     """`mask` without the 26-connected components the decision drops. `affine` maps this array's indices to
     scanner millimetres (a cropped or transposed array has its own)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask
-    labels, xs = _centres_x(mask, affine)
-    keep = np.array([False, *(decision.keeps(float(x)) for x in xs)])
-    return keep[labels]
+    return _gate(mask, affine, decision)[0]
 
 
 @dataclass(frozen=True)
@@ -146,11 +157,7 @@ class CaseGate:
 
     def kept(self, labels: np.ndarray, count: int) -> np.ndarray:
         """Which of `count` labelled components (index 0 the background, never kept) pass the gate."""
-        keep = np.zeros(count + 1, dtype=bool)
-        if count:
-            centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, range(1, count + 1))).reshape(-1, 3)
-            keep[1:] = [self.decision.keeps(float(x)) for x in to_scanner(centres, self.affine)[:, 0]]
-        return keep
+        return _passing(labels, count, self.affine, self.decision)
 
     def apply(self, mask: np.ndarray) -> np.ndarray:
         return gate_components(mask, self.affine, self.decision)
@@ -208,8 +215,6 @@ def apply_gate(mask: np.ndarray, adc: np.ndarray | None, brain: np.ndarray, affi
     if reason:
         return mask, {**gate.to_dict(), "applied": False, "reason": reason}
     decision = decide(adc, brain, affine, gate)
-    gated = gate_components(mask, affine, decision)
-    _, before = label_components(np.asarray(mask, dtype=bool))
-    _, after = label_components(gated)
+    gated, dropped = _gate(mask, affine, decision)
     return gated, {**gate.to_dict(), "applied": True, "lesion_ml": decision.lesion_ml, "lesion_sides": list(decision.sides),
-                   "components_dropped": len(before) - len(after)}
+                   "components_dropped": dropped}
