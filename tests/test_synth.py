@@ -305,3 +305,17 @@ def test_a_foreign_non_empty_folder_is_never_overwritten(tmp_path: Path) -> None
 def test_unknown_preset_name_is_refused() -> None:
     with pytest.raises(PresetError, match="neither a built-in preset"):
         load_preset("huge")
+
+
+def test_one_subject_alone_is_the_same_as_in_the_whole_cohort(cohort: Path, tmp_path: Path) -> None:
+    from thrombus.synth.preset import PresetError
+
+    alone = generate_cohort("tiny", tmp_path / "one", progress=False, only=["B002"])
+    assert alone.n_subjects == 1
+    files = _checksums(alone.out_dir)
+    full = _checksums(cohort)
+    subject_files = [k for k in files if k.startswith(("dicom/", "truth/"))]
+    assert subject_files and all(k.startswith(("dicom/B/B002/", "truth/B/B002/")) for k in subject_files)
+    assert all(files[k] == full[k] for k in subject_files)
+    with pytest.raises(PresetError, match="no subject Z001"):
+        generate_cohort("tiny", tmp_path / "none", progress=False, only=["Z001"])

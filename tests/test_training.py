@@ -513,3 +513,43 @@ def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None
     assert post["chosen_on"] == card["training"]["split"]["val"] and post["chosen_on"]
     assert 0 < post["threshold"] < 1 and post["min_component_mm3"] >= 0
     assert post["weights_sha256"] == torch.load(out / "best.pt", weights_only=True)["weights_sha256"]
+
+
+# --- starting from shipped or earlier weights (train.init_from) ----------------------------------------
+
+
+def test_a_run_started_from_a_checkpoint_begins_at_its_weights_and_records_them(cohort: Path, tmp_path: Path) -> None:
+    from thrombus.training.pretrained import export_weights, initial_weights, start_description
+
+    first = make_run(cohort, tmp_path / "first", quick_options())
+    train(first)
+    shipped = tmp_path / "shipped"
+    export_weights(tmp_path / "first" / "best.pt", shipped)
+    stored = torch.load(shipped / "model.pt", map_location="cpu", weights_only=True)
+    assert all(t.dtype == torch.float16 for t in stored["model"].values() if t.is_floating_point())
+    initial = initial_weights(str(shipped / "model.pt"), TINY_MODEL, HARMONISE)
+    assert initial.source == {"init_from": str(shipped / "model.pt"), "init_weights_sha256": stored["weights_sha256"]}
+    from thrombus.training.trainer import Trainer
+
+    started = Trainer(make_run(cohort, tmp_path / "second", quick_options(init_from=str(shipped / "model.pt")),
+                               initial_state=initial.state))
+    scratch = Trainer(make_run(cohort, tmp_path / "third", quick_options()))
+    for name, tensor in started.model.state_dict().items():
+        assert tensor.dtype == scratch.model.state_dict()[name].dtype
+        assert torch.equal(tensor, stored["model"][name].to(tensor.dtype)), name
+    assert not all(torch.equal(a, b) for a, b in zip(started.model.state_dict().values(), scratch.model.state_dict().values()))
+    assert start_description({"training": {}}) == "trained from scratch"
+    assert "fine-tuned from the checkpoint" in start_description({"training": initial.source})
+
+
+def test_weights_for_other_inputs_or_an_unknown_name_are_refused(cohort: Path, tmp_path: Path) -> None:
+    from thrombus.training.pretrained import PretrainedError, export_weights, initial_weights
+
+    train(make_run(cohort, tmp_path / "first", quick_options()))
+    export_weights(tmp_path / "first" / "best.pt", tmp_path / "shipped")
+    with pytest.raises(CheckpointError, match="harmonise.method"):
+        initial_weights(str(tmp_path / "shipped" / "model.pt"), TINY_MODEL, {**HARMONISE, "method": "histogram"})
+    with pytest.raises(CheckpointError, match="model.base_width"):
+        initial_weights(str(tmp_path / "shipped" / "model.pt"), dataclasses.replace(TINY_MODEL, base_width=8), HARMONISE)
+    with pytest.raises(PretrainedError, match="no_such_model.*neither a shipped model"):
+        initial_weights("no_such_model", TINY_MODEL, HARMONISE)

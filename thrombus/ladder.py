@@ -301,6 +301,8 @@ def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
     if not recipes:
         raise LadderError(f"{path}: ladder.recipes is empty: name at least one recipe")
     shared = {key: base.get(key, {}) for key in ("model", "train", "harmonise")}
+    # The ladder measures what a recipe learns from scratch: the workflow's shipped start is not inherited.
+    shared["train"] = {key: value for key, value in shared["train"].items() if key != "init_from"}
     settings["recipes"] = {name: deep_merge(shared, overlay or {}) for name, overlay in recipes.items()}
     return settings
 

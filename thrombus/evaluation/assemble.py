@@ -55,7 +55,7 @@ def ordered(summary: pd.DataFrame, experiments: Sequence[str], subsets: Sequence
 
 
 def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> list[str]:
-    """The matching rule, the failures, and a warning when the models are smoke-run models."""
+    """The matching rule, the failures, a warning when the models are smoke-run models, and how they began."""
     from thrombus.evaluation.tables import MATCHING_RULE
 
     notes = [MATCHING_RULE]
@@ -71,6 +71,8 @@ def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> lis
             f"SMOKE RUN: models trained for {iterations[0]} iterations only; these numbers are meaningless "
             "and only show that the machinery runs"
         )
+    for start in sorted({str(record["start"]) for record in records if record.get("start")}):
+        notes.append(f"models {start}")
     devices = sorted({str(record.get("device")) for record in records if record.get("device")})
     if devices:
         notes.append(f"models trained on: {', '.join(devices)}; {len(rows)} scored subject-subset rows")

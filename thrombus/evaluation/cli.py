@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from thrombus.evaluation.fold import evaluate_fold, write_fold
     from thrombus.io import read_json
+    from thrombus.training.pretrained import start_description
 
     options = json_object(args.options, "--options")
     result = evaluate_fold(Path(args.sheet), Path(args.predictions), args.experiment, args.fold, options)
@@ -23,6 +24,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "fold": args.fold,
         "iterations": card.get("result", {}).get("iterations"),
         "device": card.get("result", {}).get("device"),
+        "start": start_description(card) if card else None,
         "options": options,
     }
     write_fold(result, Path(args.out), Path(args.record), extra)

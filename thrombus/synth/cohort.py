@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from thrombus.synth import acquisition, contrast, qc, truth
 from thrombus.synth.anatomy import HeadModel, build_head_model
 from thrombus.synth.dicom_writer import Patient, SeriesInfo, Uids, series_folder, write_series
 from thrombus.synth.lesions import SubjectLesions, draw_lesions
-from thrombus.synth.preset import CenterSpec, Preset, SeriesSpec, load_preset
+from thrombus.synth.preset import CenterSpec, Preset, PresetError, SeriesSpec, load_preset
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,13 @@ class SubjectResult:
 
 
 def generate_cohort(preset: str | Path | Preset, out_dir: Path, seed: int | None = None, progress: bool = True,
-                    threads: int = 1) -> CohortSummary:
+                    threads: int = 1, only: Sequence[str] | None = None) -> CohortSummary:
     """Generate the synthetic multi-center cohort as DICOM series plus ground truth and a sample sheet.
 
     `preset` is 'tiny', 'demo', 'paper', a preset YAML file or a loaded Preset; `seed` overrides the preset's.
     `threads` subjects are generated in parallel (worker processes); the files do not depend on it.
+    `only` keeps these subjects (e.g. ['B008']): each is exactly as in the whole cohort, since every
+    subject draws from its own stream, so a test can rebuild one subject of a large preset in seconds.
     """
     started = time.perf_counter()
     spec = preset if isinstance(preset, Preset) else load_preset(preset)
@@ -143,6 +146,11 @@ def generate_cohort(preset: str | Path | Preset, out_dir: Path, seed: int | None
     out_dir = Path(out_dir)
     _prepare(out_dir)
     tasks = _tasks(spec, seed, out_dir)
+    if only is not None:
+        unknown = sorted(set(only) - {task.subject for task in tasks})
+        if unknown:
+            raise PresetError(f"preset {spec.name} has no subject {', '.join(unknown)}")
+        tasks = [task for task in tasks if task.subject in set(only)]
     build_head_model(spec.template_resolution_mm)
     log.info("generating %d subjects of %d centers (preset %s, seed %d)", len(tasks), len(spec.centers), spec.name, seed)
     with ExitStack() as stack:

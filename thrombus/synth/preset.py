@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from thrombus.errors import UserError
+
 #: Sequences a center can acquire as a series of its own; the ADC map is derived from the DWI series.
 ACQUIRED: tuple[str, ...] = ("swi", "t2star", "dwi", "flair", "t1")
 
@@ -34,7 +36,7 @@ DEFAULT_TIMING: dict[str, tuple[float, float]] = {
 }
 
 
-class PresetError(ValueError):
+class PresetError(UserError, ValueError):
     """A preset that cannot be used; the message names the file and the key."""
 
 

@@ -79,6 +79,7 @@ class TrainOptions:
     val_batch_size: int = 4
     augmentation: AugmentOptions = field(default_factory=AugmentOptions)
     gmd: GMDSettings = field(default_factory=GMDSettings)
+    init_from: str | None = None  # a shipped model's name or a checkpoint path (pretrained.py); None: from scratch
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

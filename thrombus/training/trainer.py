@@ -66,6 +66,8 @@ class TrainRun:
         resume: continue from `out_dir/latest.pt` when it exists (refused if its card differs).
         stop_after: stop (with `latest.pt` written) after this many iterations, e.g. to fit a job's
             time limit; the run is continued with `resume`.
+        initial_state: the weights to start from instead of a random initialisation (`train.init_from`,
+            `pretrained.initial_weights`); the card records which.
     """
 
     train_cases: list[Case]
@@ -80,6 +82,7 @@ class TrainRun:
     resume: bool = False
     stop_after: int | None = None
     progress: bool = True
+    initial_state: Mapping[str, torch.Tensor] | None = None  # weights to start from (`train.init_from`)
 
 
 def slab_dataset(run: TrainRun) -> SlabDataset:
@@ -116,6 +119,8 @@ class Trainer:
         self.model = build_model(run.model)
         if self.options.foreground_prior is not None:
             set_foreground_prior(self.model, self.options.foreground_prior)
+        if run.initial_state is not None:
+            self.model.load_state_dict(run.initial_state)
         self.model = self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.options)
         self.schedule = make_schedule(self.optimizer, self.options)

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from thrombus import experiments as exps
 from thrombus import resources
 from thrombus import samples as sheets
+from thrombus.training import pretrained
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -368,9 +369,14 @@ def fold_stacks(wildcards, *parts):
 
 
 def train_inputs(wildcards):
-    """The stacks (and summaries) of the fold's training and validation subjects."""
+    """The stacks (and summaries) of the fold's training and validation subjects, and the checkpoint the
+    training starts from (`train.init_from`: a shipped model or a file), so that new weights there retrain."""
     stacks = fold_stacks(wildcards, "train", "val")
-    return {"stacks": stacks, "summaries": [path.replace("stack.nii.gz", "stack.json") for path in stacks]}
+    inputs = {"stacks": stacks, "summaries": [path.replace("stack.nii.gz", "stack.json") for path in stacks]}
+    init_from = experiment_of(wildcards).train.get("init_from")
+    if init_from:
+        inputs["init"] = str(pretrained.resolve(init_from))
+    return inputs
 
 
 def labelled_subjects_param():

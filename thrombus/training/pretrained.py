@@ -1,0 +1,181 @@
+"""Models shipped with the package, and a training that starts from one (`train.init_from`).
+
+Why ship weights: on 2 CPU cores the demo has 20 minutes and 12 training subjects, and a model trained
+from scratch in that budget finds 1 of its held-out center's 3 thrombi (RESULTS.md); HD-BET and
+TotalSegmentator ship their weights for the same reason. A shipped model is made by this project's own
+`make paper` recipe on the synthetic `paper` cohort (`thrombus ship` records the command, config, cohort
+seed, commit and its validation figures in the card beside the weights), and a training that starts
+from it still runs the whole training path: the demo fine-tunes it on its own subjects.
+
+A shipped model is a thrombus checkpoint (`card.py`): it loads with `torch.load(weights_only=True)`, and
+its card must match the model, channels and harmonisation of the run that starts from it, so weights
+made for other inputs are refused by name, never silently reused. Its weights are stored as float16
+(half the size in the repository); they are read back into the float32 network, and the figures in its
+card were measured with exactly those rounded weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thrombus.errors import UserError
+from thrombus.io import read_json, write_json
+
+if TYPE_CHECKING:  # torch is imported where weights are read, so that the workflow can resolve names cheaply
+    import torch
+
+    from thrombus.model import ModelConfig
+    from thrombus.samples import Subject
+
+log = logging.getLogger(__name__)
+
+#: File names inside a shipped model's folder (thrombus/data/models/<name>/).
+WEIGHTS = "model.pt"
+CARD = "model_card.json"
+
+
+class PretrainedError(UserError, ValueError):
+    """`train.init_from` names no shipped model and no checkpoint file."""
+
+
+def shipped_root() -> Path:
+    return Path(str(resources.files("thrombus").joinpath("data", "models")))
+
+
+def shipped_names() -> list[str]:
+    """Names of the models shipped with this package."""
+    root = shipped_root()
+    return sorted(p.name for p in root.iterdir() if (p / WEIGHTS).is_file()) if root.is_dir() else []
+
+
+def resolve(init_from: str) -> Path:
+    """The checkpoint named by `init_from`: a shipped model's name, or the path of a thrombus checkpoint."""
+    if init_from in shipped_names():
+        return shipped_root() / init_from / WEIGHTS
+    path = Path(init_from)
+    if path.is_file():
+        return path
+    raise PretrainedError(
+        f"train.init_from {init_from!r} is neither a shipped model ({', '.join(shipped_names()) or 'none shipped'}) "
+        f"nor an existing checkpoint file"
+    )
+
+
+def shipped_card(name: str) -> dict[str, Any]:
+    """The card of a shipped model (its training card plus how it was made and its recorded figures)."""
+    return read_json(shipped_root() / name / CARD)
+
+
+@dataclass(frozen=True)
+class InitialWeights:
+    """Weights a training starts from, and what its card records about them."""
+
+    state: dict[str, torch.Tensor]
+    source: dict[str, Any]
+
+
+def expected_inputs(model: ModelConfig, harmonise: Mapping[str, Any]) -> dict[str, Any]:
+    """The card keys a checkpoint must share with a run to be a valid start: network, channels, harmonisation."""
+    from thrombus.training.card import make_card
+
+    card = make_card(model, harmonise, {}, {})
+    return {key: card[key] for key in ("model", "channels", "harmonise")}
+
+
+def initial_weights(init_from: str, model: ModelConfig, harmonise: Mapping[str, Any]) -> InitialWeights:
+    """The float32 weights of `init_from`, refused (CheckpointError naming the keys) when made for other inputs."""
+    from thrombus.training.card import load_checkpoint
+
+    path = resolve(init_from)
+    payload = load_checkpoint(path, expected_inputs(model, harmonise))
+    state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in payload["model"].items()}
+    log.info("starting from the weights of %s (%s)", init_from, path)
+    return InitialWeights(state, {"init_from": init_from, "init_weights_sha256": payload["weights_sha256"]})
+
+
+def export_weights(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    """Write `out_dir/model.pt`: the checkpoint's card and its weights as float16, no optimiser state.
+    Returns the training card, with the run's `result` when its model_card.json lies beside the checkpoint."""
+    from thrombus.training.card import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(checkpoint, {})
+    state = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in payload["model"].items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_dir / WEIGHTS, payload["card"], state)
+    beside = checkpoint.parent / CARD
+    return {**payload["card"], **({"result": read_json(beside).get("result")} if beside.exists() else {})}
+
+
+def write_card(out_dir: Path, training_card: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
+    """`out_dir/model_card.json`: the training card plus `shipped` (how the model was made, its figures)."""
+    return write_json(out_dir / CARD, {**training_card, "shipped": dict(provenance)})
+
+
+def _prediction_options(card: Mapping[str, Any]) -> Any:
+    """The card's whole-volume prediction settings, in the form validation reads them."""
+    from thrombus.training.card import card_prediction
+    from thrombus.training.options import TrainOptions
+
+    depth, stride, tile, slice_mm = card_prediction(card)
+    return TrainOptions(slab_depth=depth, predict_stride=stride, predict_tiled=tile is not None,
+                        patch_size=tile or (64, 64), slice_mm=slice_mm)
+
+
+def figures(weights: Path, subjects: Sequence[Subject], stacks_root: Path, gate: Mapping[str, Any] | None = None,
+            threads: int = 1) -> dict[str, dict[str, Any]]:
+    """Each subject's Dice, detection and false components from the model at `weights`, read as validation
+    reads a volume (threshold 0.5, no size filter); with `gate` (a `lesion_gate` section), after the lesion
+    gate. These are the figures a shipped card records and its test reproduces from rebuilt subjects."""
+    import torch
+
+    from thrombus.inference.lesion_gate import LesionGate, case_gates
+    from thrombus.ladder import score
+    from thrombus.training.card import model_from_checkpoint
+    from thrombus.training.data import case_sources, load_cases
+
+    torch.set_num_threads(threads)
+    loaded = model_from_checkpoint(weights, {})
+    cases = load_cases(case_sources(subjects, stacks_root), loaded.card["channels"])
+    regions = None
+    lesion_gate = LesionGate.from_mapping(gate)
+    if lesion_gate is not None:
+        regions = case_gates([(s.center, s.subject) for s in subjects], stacks_root, lesion_gate)
+    rows = score(loaded.network, cases, _prediction_options(loaded.card), torch.device("cpu"), regions)
+    return {name: {key: round(float(value), 4) if key != "positive" else bool(value) for key, value in row.items()}
+            for name, row in rows.items()}
+
+
+def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Detected of positives, mean Dice over positives, negatives with a false component, false components a subject."""
+    positives = [r for r in rows.values() if r["positive"]]
+    negatives = [r for r in rows.values() if not r["positive"]]
+    return {
+        "detected": int(sum(r["detected"] for r in positives)),
+        "positives": len(positives),
+        "dice": round(sum(r["dice"] for r in positives) / len(positives), 4) if positives else None,
+        "negatives_with_fp": int(sum(r["fp_components"] > 0 for r in negatives)),
+        "negatives": len(negatives),
+        "fp_components": round(sum(r["fp_components"] for r in rows.values()) / len(rows), 2) if rows else None,
+    }
+
+
+def start_description(card: Mapping[str, Any]) -> str:
+    """How a trained model began, for the notes under its tables: from scratch, or from which shipped model
+    (and what that one saw), so that a table never passes a fine-tuned model off as trained from scratch."""
+    training = card.get("training", {})
+    init_from = training.get("init_from")
+    if not init_from:
+        return "trained from scratch"
+    if init_from not in shipped_names():
+        return f"fine-tuned from the checkpoint {init_from} (weights SHA-256 {str(training.get('init_weights_sha256'))[:12]})"
+    shipped = shipped_card(init_from).get("shipped", {})
+    cohort = shipped.get("cohort", {})
+    return (f"fine-tuned from the shipped model {init_from} (thrombus/data/models/{init_from}/model_card.json): "
+            f"trained by {shipped.get('trained_by')} at commit {str(shipped.get('trained_at_commit'))[:12]}, on centers "
+            f"{', '.join(shipped.get('trained_on_centers', []))} of the synthetic {cohort.get('preset')} cohort "
+            f"(seed {cohort.get('seed')})")
