@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     """Subcommands that live with their stage's package (each registers its own parsers)."""
     from thrombus.sheet_cli import add_sheet_parser
+    from thrombus.shipping import add_ship_parser
     from thrombus.convert.cli import add_convert_parsers
     from thrombus.evaluation.cli import add_evaluation_parsers
     from thrombus.inference.calibrate import add_calibrate_parser
@@ -51,6 +52,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     add_predict_fold_parser(commands)
     add_evaluation_parsers(commands)
     add_ladder_parser(commands)
+    add_ship_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

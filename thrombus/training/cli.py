@@ -138,56 +138,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ship(args: argparse.Namespace) -> int:
-    """Export a trained fold as a shipped model: float16 weights, and a card saying how it was made and what
-    it scores on its validation subjects and on the held-out centers, with exactly the shipped weights."""
-    import sys
-
-    from thrombus.io import read_json, sha256_file
-    from thrombus.ladder import machine_description
-    from thrombus.samples import read_sheet, subjects
-    from thrombus.training import pretrained
-    from thrombus.training.card import code_version
-
-    out_dir = Path(args.out_root or pretrained.shipped_root()) / args.name
-    training_card = pretrained.export_weights(Path(args.checkpoint), out_dir)
-    weights = out_dir / pretrained.WEIGHTS
-    pool = {s.subject: s for s in subjects(read_sheet(args.sheet), {})}
-    gate = json_object(args.lesion_gate, "--lesion-gate")
-    validation = pretrained.figures(weights, [pool[s] for s in training_card["training"]["split"]["val"]], Path(args.stacks_root),
-                                    threads=args.threads)
-    held_out = {}
-    for center in args.held_out:
-        members = [s for s in pool.values() if s.center == center and s.thrombus is not None]
-        rows = pretrained.figures(weights, members, Path(args.stacks_root), threads=args.threads)
-        gated = pretrained.figures(weights, members, Path(args.stacks_root), gate=gate, threads=args.threads)
-        held_out[center] = {"summary": pretrained.summary(rows), "gated_summary": pretrained.summary(gated),
-                            "subjects": rows, "gated_subjects": gated}
-    cohort = Path(args.sheet).parent / "cohort.json"
-    record = read_json(cohort) if cohort.exists() else {}
-    provenance = {
-        "name": args.name,
-        "trained_by": args.trained_by,
-        "configs": {name: sha256_file(name) for name in args.config},
-        "cohort": {"preset": record.get("preset", {}).get("name"), "seed": record.get("seed"),
-                   "generator_version": record.get("generator_version")},
-        "trained_at_commit": training_card.get("code", {}).get("git_commit"),
-        "trained_on_centers": sorted({pool[s].center for s in training_card["training"]["split"]["train"]}),
-        "exported_by": " ".join(["thrombus", *sys.argv[1:]]),
-        "exported_at": code_version(),
-        "export_machine": machine_description(),
-        "weights": "float16 (read into the float32 network; every figure below was measured with them)",
-        "figures_read_as": "whole volumes as validation reads them: threshold 0.5, no size filter; gated: after the lesion gate",
-        "lesion_gate": gate,
-        "validation": {"summary": pretrained.summary(validation), "subjects": validation},
-        "held_out": held_out,
-    }
-    pretrained.write_card(out_dir, training_card, provenance)
-    log.info("shipped %s: validation %s; held out %s", out_dir, provenance["validation"]["summary"],
-             {c: v["gated_summary"] for c, v in held_out.items()})
-    return 0
-
-
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the `splits` and `train` subcommands."""
     splits = subparsers.add_parser("splits", help="center-aware split file of one experiment (kept once written)")
@@ -214,15 +164,3 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
-    ship = subparsers.add_parser("ship", help="export a trained fold as a model shipped with the package (card with its figures)")
-    ship.add_argument("--checkpoint", required=True, help="best.pt of the fold (its model_card.json beside it)")
-    ship.add_argument("--name", required=True, help="the shipped model's name (train.init_from: NAME)")
-    ship.add_argument("--sheet", required=True, help="the sample sheet it was trained from (cohort.json beside it is recorded)")
-    ship.add_argument("--stacks-root", required=True, help="the workflow directory that holds its stacks")
-    ship.add_argument("--held-out", nargs="*", default=[], metavar="CENTER", help="centers it never saw, scored into the card")
-    ship.add_argument("--lesion-gate", default="{}", help="JSON lesion_gate section for the gated held-out figures")
-    ship.add_argument("--trained-by", required=True, help="the command that trained it, as the card should say")
-    ship.add_argument("--config", nargs="*", default=[], help="config files of that command (their SHA-256 recorded)")
-    ship.add_argument("--out-root", default=None, help="default: the package's thrombus/data/models")
-    ship.add_argument("--threads", type=positive_int, default=1)
-    ship.set_defaults(func=_cmd_ship)

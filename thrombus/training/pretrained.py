@@ -4,7 +4,7 @@ Why ship weights: on 2 CPU cores the demo has 20 minutes and 12 training subject
 from scratch in that budget finds 1 of its held-out center's 3 thrombi (RESULTS.md); HD-BET and
 TotalSegmentator ship their weights for the same reason. A shipped model is made by this project's own
 `make paper` recipe on the synthetic `paper` cohort (`thrombus ship` records the command, config, cohort
-seed, commit and its validation figures in the card beside the weights), and a training that starts
+seed, commit and its validation figures in the card beside the weights, `thrombus/shipping.py`), and a training that starts
 from it still runs the whole training path: the demo fine-tunes it on its own subjects.
 
 A shipped model is a thrombus checkpoint (`card.py`): it loads with `torch.load(weights_only=True)`, and
@@ -17,7 +17,7 @@ card were measured with exactly those rounded weights.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # torch is imported where weights are read, so that the workf
     import torch
 
     from thrombus.model import ModelConfig
-    from thrombus.samples import Subject
 
 log = logging.getLogger(__name__)
 
@@ -114,54 +113,6 @@ def export_weights(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
 def write_card(out_dir: Path, training_card: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
     """`out_dir/model_card.json`: the training card plus `shipped` (how the model was made, its figures)."""
     return write_json(out_dir / CARD, {**training_card, "shipped": dict(provenance)})
-
-
-def _prediction_options(card: Mapping[str, Any]) -> Any:
-    """The card's whole-volume prediction settings, in the form validation reads them."""
-    from thrombus.training.card import card_prediction
-    from thrombus.training.options import TrainOptions
-
-    depth, stride, tile, slice_mm = card_prediction(card)
-    return TrainOptions(slab_depth=depth, predict_stride=stride, predict_tiled=tile is not None,
-                        patch_size=tile or (64, 64), slice_mm=slice_mm)
-
-
-def figures(weights: Path, subjects: Sequence[Subject], stacks_root: Path, gate: Mapping[str, Any] | None = None,
-            threads: int = 1) -> dict[str, dict[str, Any]]:
-    """Each subject's Dice, detection and false components from the model at `weights`, read as validation
-    reads a volume (threshold 0.5, no size filter); with `gate` (a `lesion_gate` section), after the lesion
-    gate. These are the figures a shipped card records and its test reproduces from rebuilt subjects."""
-    import torch
-
-    from thrombus.inference.lesion_gate import LesionGate, case_gates
-    from thrombus.ladder import score
-    from thrombus.training.card import model_from_checkpoint
-    from thrombus.training.data import case_sources, load_cases
-
-    torch.set_num_threads(threads)
-    loaded = model_from_checkpoint(weights, {})
-    cases = load_cases(case_sources(subjects, stacks_root), loaded.card["channels"])
-    regions = None
-    lesion_gate = LesionGate.from_mapping(gate)
-    if lesion_gate is not None:
-        regions = case_gates([(s.center, s.subject) for s in subjects], stacks_root, lesion_gate)
-    rows = score(loaded.network, cases, _prediction_options(loaded.card), torch.device("cpu"), regions)
-    return {name: {key: round(float(value), 4) if key != "positive" else bool(value) for key, value in row.items()}
-            for name, row in rows.items()}
-
-
-def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Detected of positives, mean Dice over positives, negatives with a false component, false components a subject."""
-    positives = [r for r in rows.values() if r["positive"]]
-    negatives = [r for r in rows.values() if not r["positive"]]
-    return {
-        "detected": int(sum(r["detected"] for r in positives)),
-        "positives": len(positives),
-        "dice": round(sum(r["dice"] for r in positives) / len(positives), 4) if positives else None,
-        "negatives_with_fp": int(sum(r["fp_components"] > 0 for r in negatives)),
-        "negatives": len(negatives),
-        "fp_components": round(sum(r["fp_components"] for r in rows.values()) / len(rows), 2) if rows else None,
-    }
 
 
 def start_description(card: Mapping[str, Any]) -> str:
