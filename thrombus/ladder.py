@@ -43,6 +43,7 @@ from thrombus.experiments import deep_merge
 from thrombus.inference.lesion_gate import CaseGate, LesionGate, case_gates
 from thrombus.io import read_json, write_json
 from thrombus.samples import Subject, read_sheet, subjects
+from thrombus.training.pretrained import render_cards
 
 log = logging.getLogger(__name__)
 
@@ -597,6 +598,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         seed = "" if r.seed is None else f" (training seed {r.seed})"
         by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}{seed}")
     lines += [f"- {', '.join(rows)}: {source}" for source, rows in by_source.items()]
+    lines += render_cards()
     return "\n".join(lines) + "\n"
 
 

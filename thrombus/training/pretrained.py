@@ -130,3 +130,40 @@ def start_description(card: Mapping[str, Any]) -> str:
             f"trained by {shipped.get('trained_by')} at commit {str(shipped.get('trained_at_commit'))[:12]}, on centers "
             f"{', '.join(shipped.get('trained_on_centers', []))} of the synthetic {cohort.get('preset')} cohort "
             f"(seed {cohort.get('seed')})")
+
+
+def _figures_row(label: str, summary: Mapping[str, Any]) -> str:
+    negatives = f"{summary['negatives_with_fp']}/{summary['negatives']}" if summary.get("negatives") else "-"
+    dice = "-" if summary.get("dice") is None else f"{summary['dice']:.3f}"
+    return f"| {label} | {summary['detected']}/{summary['positives']} | {dice} | {negatives} | {summary['fp_components']} |"
+
+
+def render_cards() -> list[str]:
+    """RESULTS.md's section on the shipped models, from their cards: how each was made and what it scores."""
+    names = shipped_names()
+    if not names:
+        return []
+    lines = ["", "## The shipped models", "",
+             "Models in `thrombus/data/models/`, each exported by `thrombus ship` with its card (`model_card.json`); the",
+             "figures were measured with the shipped float16 weights, whole volumes at threshold 0.5 without size filter",
+             "(gated: after the lesion gate). `tests/test_shipped_model.py` rebuilds two of the validation subjects and",
+             "checks their figures again."]
+    for name in names:
+        card = shipped_card(name)
+        made, result = card["shipped"], card.get("result", {})
+        best = result.get("best", {})
+        lines += ["", f"### {name}", "",
+                  f"Trained by `{made['trained_by']}` at commit {str(made['trained_at_commit'])[:12]} on centers "
+                  f"{', '.join(made['trained_on_centers'])} of the synthetic `{made['cohort']['preset']}` cohort (seed "
+                  f"{made['cohort']['seed']}): {result.get('iterations')} iterations in {result.get('seconds')} s on "
+                  f"{result.get('device')} with {result.get('threads')} threads; best.pt is iteration {best.get('iteration')} "
+                  f"({best.get('selection')}). Exported by `{made['exported_by']}` on {made['export_machine']}.", "",
+                  "| subjects | detected | Dice | negatives with FP | FP components / subject |", "|---|---|---|---|---|",
+                  _figures_row(f"validation ({', '.join(sorted(made['validation']['subjects']))})", made["validation"]["summary"])]
+        for center, figures in made["held_out"].items():
+            lines.append(_figures_row(f"held-out center {center}", figures["summary"]))
+            lines.append(_figures_row(f"held-out center {center}, gated", figures["gated_summary"]))
+        for center, figures in made["held_out"].items():
+            found = ", ".join(f"{s} {r['dice']:.2f}" for s, r in sorted(figures["gated_subjects"].items()) if r["positive"])
+            lines += ["", f"Dice of each thrombus of center {center} (gated): {found}."]
+    return lines
