@@ -5,12 +5,14 @@ the workflow as it stands (so a change to preprocessing that the shipped weights
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 
-from conftest import REPO, snakemake, write_config
+from conftest import BIN, REPO, snakemake, tool_env, write_config
 from thrombus.samples import read_sheet, subjects
 from thrombus.synth import generate_cohort
 from thrombus.training.card import load_checkpoint
@@ -62,7 +64,7 @@ def test_a_shipped_model_reproduces_its_recorded_validation_figures(name: str, t
     over = write_config(tmp_path / "over.yaml", samples=str(tmp_path / "cohort" / "samples.tsv"),
                         experiments={"loco_gmd": {"folds": [0]}}, inference={"fold": 0})
     done = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "--configfile",
-                     str(REPO / "config" / "config.yaml"), str(over), "preprocess", timeout=1200)
+                     str(REPO / "config" / "config.yaml"), str(over), "--", "preprocess", timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     pool = subjects(read_sheet(tmp_path / "cohort" / "samples.tsv"), {})
     measured = figures(shipped_root() / name / WEIGHTS, pool, tmp_path, threads=min(2, os.cpu_count() or 1))
@@ -71,4 +73,15 @@ def test_a_shipped_model_reproduces_its_recorded_validation_figures(name: str, t
         assert measured[subject]["detected"] == recorded[subject]["detected"], subject
         assert measured[subject]["fp_components"] == recorded[subject]["fp_components"], subject
         assert measured[subject]["dice"] == pytest.approx(recorded[subject]["dice"], abs=0.01), subject
-    assert (shipped_root() / name / CARD).is_file()
+    # by hand, as a user takes a new scan to a mask: the shipped model named instead of a checkpoint path
+    positive = next(s for s in pool if s.subject == picked[0])
+    stack = tmp_path / "results" / "harmonise" / positive.center / positive.subject
+    out = tmp_path / "by_hand"
+    command = [str(BIN / "thrombus"), "predict", "--checkpoint", name, "--stack", str(stack / "stack.nii.gz"),
+               "--summary", str(stack / "stack.json"), "--out-probability", str(out / "probability.nii.gz"),
+               "--out-mask", str(out / "mask.nii.gz"), "--record", str(out / "record.json"),
+               "--subject", positive.subject, "--center", positive.center, "--threads", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=tool_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    mask = nib.load(out / "mask.nii.gz").get_fdata() > 0
+    assert (mask & (nib.load(positive.thrombus_mask).get_fdata() > 0)).any()  # found by hand as in the card

@@ -28,10 +28,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from thrombus.inference.predict import InferenceError, PredictRequest, predict_subject
     from thrombus.nifti import VolumeError
     from thrombus.training.card import CheckpointError
+    from thrombus.training.pretrained import checkpoint_path
 
     try:
         request = PredictRequest(
-            checkpoint=Path(args.checkpoint),
+            checkpoint=checkpoint_path(args.checkpoint),
             stack=Path(args.stack),
             summary=Path(args.summary),
             out_probability=Path(args.out_probability),
@@ -79,7 +80,8 @@ def add_predict_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser("predict", help="thrombus probability map, mask and record of one subject")
-    predict.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pt of a fold)")
+    predict.add_argument("--checkpoint", required=True,
+                         help="trained checkpoint (best.pt of a fold), or a shipped model's name (paper_loco_c)")
     predict.add_argument("--stack", required=True, help="harmonised stack, results/harmonise/<center>/<subject>/stack.nii.gz")
     predict.add_argument("--summary", required=True, help="its summary (stack.json: channels and availability)")
     predict.add_argument("--postprocessing", default=None,

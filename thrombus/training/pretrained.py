@@ -65,6 +65,11 @@ def resolve(init_from: str) -> Path:
     )
 
 
+def checkpoint_path(text: str) -> Path:
+    """A `--checkpoint` argument: a shipped model's name gives its weights, anything else is a path as given."""
+    return shipped_root() / text / WEIGHTS if text in shipped_names() else Path(text)
+
+
 def shipped_card(name: str) -> dict[str, Any]:
     """The card of a shipped model (its training card plus how it was made and its recorded figures)."""
     return read_json(shipped_root() / name / CARD)
