@@ -553,3 +553,30 @@ def test_weights_for_other_inputs_or_an_unknown_name_are_refused(cohort: Path, t
         initial_weights(str(tmp_path / "shipped" / "model.pt"), dataclasses.replace(TINY_MODEL, base_width=8), HARMONISE)
     with pytest.raises(PretrainedError, match="no_such_model.*neither a shipped model"):
         initial_weights("no_such_model", TINY_MODEL, HARMONISE)
+
+
+def test_ship_exports_float16_weights_with_the_figures_it_measured_and_refuses_a_seen_center(cohort: Path, tmp_path: Path) -> None:
+    from thrombus.shipping import add_ship_parser, figures
+    from thrombus.training.pretrained import export_weights
+
+    options = quick_options()
+    card = make_card(TINY_MODEL, HARMONISE, {"slab_depth": options.slab_depth, "patch_size": list(options.patch_size)},
+                     {**options.card_dict(), "seed": 1, "split": {"name": "test", "train": ["A000", "B000"], "val": ["A001"]}})
+    train(make_run(cohort, tmp_path / "fold", options, card=card))
+    parser = argparse.ArgumentParser()
+    add_ship_parser(parser.add_subparsers(dest="command", required=True))
+    common = ["ship", "--checkpoint", str(tmp_path / "fold" / "best.pt"), "--name", "tiny", "--sheet", str(cohort / "samples.tsv"),
+              "--stacks-root", str(cohort), "--trained-by", "a test", "--out-root", str(tmp_path / "models")]
+    refused = parser.parse_args([*common, "--held-out", "B"])
+    assert refused.func(refused) == 1 and not (tmp_path / "models").exists()
+    args = parser.parse_args([*common, "--held-out", "C"])
+    assert args.func(args) == 0
+    shipped = json.loads((tmp_path / "models" / "tiny" / "model_card.json").read_text())["shipped"]
+    assert shipped["trained_on_centers"] == ["A", "B"] and set(shipped["held_out"]["C"]["subjects"]) == {f"C00{i}" for i in range(4)}
+    assert shipped["held_out"]["C"]["summary"]["positives"] == 3 and shipped["held_out"]["C"]["summary"]["negatives"] == 1
+    again = figures(tmp_path / "models" / "tiny" / "model.pt", [s for s in sheet_subjects(cohort) if s.subject == "A001"], cohort)
+    assert again == shipped["validation"]["subjects"]
+    export_weights(tmp_path / "fold" / "best.pt", tmp_path / "again")
+    assert weights(tmp_path / "again" / "model.pt").keys() == weights(tmp_path / "models" / "tiny" / "model.pt").keys()
+    digests = [torch.load(p / "model.pt", weights_only=True)["weights_sha256"] for p in (tmp_path / "again", tmp_path / "models" / "tiny")]
+    assert digests[0] == digests[1]  # an export is a function of the checkpoint alone

@@ -75,24 +75,30 @@ def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def _cmd_ship(args: argparse.Namespace) -> int:
     """Export a trained fold as a shipped model: float16 weights, and a card saying how it was made and what
     it scores on its validation subjects and on the held-out centers, with exactly the shipped weights."""
+    import shlex
     import sys
 
     from thrombus.io import read_json, sha256_file
     from thrombus.ladder import machine_description
     from thrombus.samples import read_sheet, subjects
     from thrombus.training import pretrained
-    from thrombus.training.card import code_version
+    from thrombus.training.card import code_version, load_checkpoint
 
     out_dir = Path(args.out_root or pretrained.shipped_root()) / args.name
+    pool = {s.subject: s for s in subjects(read_sheet(args.sheet), {})}
+    split = load_checkpoint(Path(args.checkpoint), {})["card"]["training"]["split"]
+    trained_on = sorted({pool[s].center for s in split["train"] + split["val"]})
+    if set(args.held_out) & set(trained_on):
+        log.error("--held-out %s: the model was trained or validated on center(s) %s", " ".join(args.held_out), ", ".join(trained_on))
+        return 1
     training_card = pretrained.export_weights(Path(args.checkpoint), out_dir)
     weights = out_dir / pretrained.WEIGHTS
-    pool = {s.subject: s for s in subjects(read_sheet(args.sheet), {})}
     gate = json_object(args.lesion_gate, "--lesion-gate")
     validation = figures(weights, [pool[s] for s in training_card["training"]["split"]["val"]], Path(args.stacks_root),
-                                    threads=args.threads)
+                         threads=args.threads)
     held_out = {}
     for center in args.held_out:
-        members = [s for s in pool.values() if s.center == center and s.thrombus is not None]
+        members = [s for s in pool.values() if s.center == center and s.thrombus in ("0", "1")]  # the labelled ones
         rows = figures(weights, members, Path(args.stacks_root), threads=args.threads)
         gated = figures(weights, members, Path(args.stacks_root), gate=gate, threads=args.threads)
         held_out[center] = {"summary": summary(rows), "gated_summary": summary(gated),
@@ -106,8 +112,8 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         "cohort": {"preset": record.get("preset", {}).get("name"), "seed": record.get("seed"),
                    "generator_version": record.get("generator_version")},
         "trained_at_commit": training_card.get("code", {}).get("git_commit"),
-        "trained_on_centers": sorted({pool[s].center for s in training_card["training"]["split"]["train"]}),
-        "exported_by": " ".join(["thrombus", *sys.argv[1:]]),
+        "trained_on_centers": trained_on,
+        "exported_by": shlex.join(["thrombus", *sys.argv[1:]]),
         "exported_at": code_version(),
         "export_machine": machine_description(),
         "weights": "float16 (read into the float32 network; every figure below was measured with them)",
