@@ -16,7 +16,7 @@ help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
 	@echo "make paper  the paper's tables with the full ablation on the 48-subject cohort: hours on 2 cores"
 	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: over 2 hours"
-	@echo "make shipped-model  retrain and export the model the demo starts from (paper cohort): about 40 min on 2 cores"
+	@echo "make shipped-model  retrain and export the model the demo starts from (paper cohort): an estimated 40 min on 2 cores"
 	@echo "make test   set up .venv and run the test suite"
 	@echo "make bench  every benchmark, against its baseline in the same run -> BENCHMARKS.md"
 	@echo "make lint   snakemake --lint on the demo config"
@@ -71,8 +71,9 @@ results: $(STAMP) cohort/paper/samples.tsv
 
 # The model the demo starts from (thrombus/data/models/paper_loco_c, config.yaml's train.init_from): make
 # paper's loco_gmd model of the fold that never sees center C, trained 1500 iterations (config/shipped.yaml),
-# exported with a card that records how it was made and its validation and held-out figures. About 40
-# minutes on 2 cores: the paper cohort (2), its preprocessing (18, timed at 3d2b7a0), the training (18).
+# exported with a card that records how it was made and its validation and held-out figures. Estimated 40
+# minutes on 2 cores from its parts (not run end to end): the paper cohort (2), its preprocessing (18,
+# timed at 3d2b7a0), the training (17, at c6db1b0).
 shipped-model: $(STAMP) cohort/paper/samples.tsv
 	snakemake --profile profiles/local --configfile config/paper.yaml config/shipped.yaml -- results/models/shipped_loco_c/fold2/best.pt
 	thrombus ship --checkpoint results/models/shipped_loco_c/fold2/best.pt --name paper_loco_c --sheet cohort/paper/samples.tsv \
