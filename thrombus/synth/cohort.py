@@ -147,10 +147,11 @@ def generate_cohort(preset: str | Path | Preset, out_dir: Path, seed: int | None
     _prepare(out_dir)
     tasks = _tasks(spec, seed, out_dir)
     if only is not None:
-        unknown = sorted(set(only) - {task.subject for task in tasks})
+        wanted = set(only)
+        unknown = sorted(wanted - {task.subject for task in tasks})
         if unknown:
             raise PresetError(f"preset {spec.name} has no subject {', '.join(unknown)}")
-        tasks = [task for task in tasks if task.subject in set(only)]
+        tasks = [task for task in tasks if task.subject in wanted]
     build_head_model(spec.template_resolution_mm)
     log.info("generating %d subjects of %d centers (preset %s, seed %d)", len(tasks), len(spec.centers), spec.name, seed)
     with ExitStack() as stack:

@@ -52,22 +52,20 @@ def shipped_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / WEIGHTS).is_file()) if root.is_dir() else []
 
 
+def checkpoint_path(text: str) -> Path:
+    """A `--checkpoint` argument: a shipped model's name gives its weights, anything else is a path as given."""
+    return shipped_root() / text / WEIGHTS if text in shipped_names() else Path(text)
+
+
 def resolve(init_from: str) -> Path:
     """The checkpoint named by `init_from`: a shipped model's name, or the path of a thrombus checkpoint."""
-    if init_from in shipped_names():
-        return shipped_root() / init_from / WEIGHTS
-    path = Path(init_from)
+    path = checkpoint_path(init_from)
     if path.is_file():
         return path
     raise PretrainedError(
         f"train.init_from {init_from!r} is neither a shipped model ({', '.join(shipped_names()) or 'none shipped'}) "
         f"nor an existing checkpoint file"
     )
-
-
-def checkpoint_path(text: str) -> Path:
-    """A `--checkpoint` argument: a shipped model's name gives its weights, anything else is a path as given."""
-    return shipped_root() / text / WEIGHTS if text in shipped_names() else Path(text)
 
 
 def shipped_card(name: str) -> dict[str, Any]:
