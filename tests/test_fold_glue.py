@@ -312,6 +312,7 @@ def test_assemble_table_orders_rows_states_failures_and_is_reproducible(world: W
     names = {path.relative_to(out).as_posix() for path in written}
     assert names == {"ablation.csv", "ablation.md", "ablation.tex", "ablation.html", "ablation_per_center.csv",
                      "ablation_per_center.md", "ablation_per_center.tex", "ablation_per_center.html", "ablation_subjects.tsv",
+                     "ablation_paired.csv", "ablation_paired.md", "ablation_paired.tex", "ablation_paired.html",
                      "figures/ablation_boxplots.png", "figures/ablation_overlays.png"}
     assert all(path.stat().st_size > 0 for path in written)
     for figure in ("figures/ablation_boxplots.png", "figures/ablation_overlays.png"):
@@ -341,9 +342,18 @@ def test_assemble_table_orders_rows_states_failures_and_is_reproducible(world: W
         assert "SMOKE RUN" not in md, f"{SMOKE_ITERATIONS} iterations is not a smoke run"
     tex = (out / "ablation.tex").read_text()
     assert "not scored: loco fold 0, subset all, subject A002" in tex and "SMOKE RUN" not in tex
+    # abl's predictions are loco's: every pair agrees, so each difference and its interval is exactly 0
+    paired = pd.read_csv(out / "ablation_paired.csv")
+    assert paired[["experiment", "subset", "reference"]].values.tolist() == [["abl", s, "loco"] for s in SUBSETS]
+    assert paired["n_pairs"].tolist() == [5, 5] and paired["n_positive"].tolist() == [3, 3]
+    for column in ("detection_difference", "detection_difference_ci_low", "detection_difference_ci_high", "dice_difference"):
+        assert paired[column].tolist() == [0.0, 0.0], column
+    assert paired["mcnemar_p"].tolist() == [1.0, 1.0]
+    assert "not scored: loco fold 0, subset all, subject A002" in (out / "ablation_paired.md").read_text()
 
     stable = ("ablation.csv", "ablation.md", "ablation.tex", "ablation.html", "ablation_per_center.csv",
-              "ablation_per_center.md", "ablation_per_center.tex", "ablation_per_center.html", "ablation_subjects.tsv")
+              "ablation_per_center.md", "ablation_per_center.tex", "ablation_per_center.html", "ablation_subjects.tsv",
+              "ablation_paired.csv", "ablation_paired.md", "ablation_paired.tex", "ablation_paired.html")
     before = {name: (out / name).read_bytes() for name in stable}
     assemble_table(table_request(world, tables, records, out))
     assert {name: (out / name).read_bytes() for name in stable} == before
@@ -363,6 +373,8 @@ def test_smoke_runs_are_labelled_and_overlays_can_be_turned_off(world: World, pr
     md = (out / "ablation.md").read_text()
     assert "subset all, subject A002" in md and "subset no_flair" not in md
     assert pd.read_csv(out / "ablation.csv")[["experiment", "subset"]].values.tolist() == [["loco", "all"]]
+    assert "one experiment (loco): nothing to compare" in (out / "ablation_paired.md").read_text()
+    assert pd.read_csv(out / "ablation_paired.csv").empty
 
 
 # --- the commands -------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from thrombus.evaluation.paired import BootstrapOptions
 from thrombus.io import read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class TableRequest:
     stacks_root: Path
     out_dir: Path
     overlays: bool = True
+    bootstrap: BootstrapOptions = BootstrapOptions()
 
 
 def ordered(summary: pd.DataFrame, experiments: Sequence[str], subsets: Sequence[str]) -> pd.DataFrame:
@@ -99,8 +101,22 @@ def assemble_table(request: TableRequest) -> list[Path]:
     subjects = out / f"{request.name}_subjects.tsv"
     write_text(subjects, rows.to_csv(sep="\t", index=False, float_format="%.6g", lineterminator="\n"))
     written.append(subjects)
+    written += write_comparison(request, rows, notes)
     written += draw(request, rows)
     return written
+
+
+def write_comparison(request: TableRequest, rows: pd.DataFrame, notes: Sequence[str]) -> list[Path]:
+    """`<table>_paired.*`: every experiment after the first against the first, on the same subjects."""
+    from thrombus.evaluation.paired import PAIRED_RULE, compare, write_paired
+
+    rule = PAIRED_RULE.format(samples=request.bootstrap.samples, seed=request.bootstrap.seed)
+    lead = [rule]
+    if len(request.experiments) < 2:
+        lead.append(f"one experiment ({request.experiments[0]}): nothing to compare")
+    paired = compare(rows, request.experiments, request.subsets, request.bootstrap)
+    title = f"{request.title}: paired against {request.experiments[0]}"
+    return write_paired(paired, request.out_dir / f"{request.name}_paired", title, [*lead, *notes])
 
 
 def draw(request: TableRequest, rows: pd.DataFrame) -> list[Path]:

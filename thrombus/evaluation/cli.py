@@ -36,6 +36,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_tables(args: argparse.Namespace) -> int:
     from thrombus.evaluation.assemble import TableRequest, assemble_table
+    from thrombus.evaluation.paired import BootstrapOptions
 
     options = json_object(args.options, "--options")
     request = TableRequest(
@@ -49,6 +50,7 @@ def _cmd_tables(args: argparse.Namespace) -> int:
         stacks_root=Path(args.stacks_root),
         out_dir=Path(args.out_dir),
         overlays=options.get("overlays", True),
+        bootstrap=BootstrapOptions(samples=int(options.get("bootstrap_samples", BootstrapOptions.samples)), seed=args.seed),
     )
     for path in assemble_table(request):
         log.info("wrote %s", path)
@@ -93,5 +95,6 @@ def add_evaluation_parsers(subparsers: argparse._SubParsersAction) -> None:
     tables.add_argument("--sheet", required=True)
     tables.add_argument("--stacks-root", required=True, help="the workflow's working directory")
     tables.add_argument("--options", default="{}", help="JSON of the config's evaluation section")
+    tables.add_argument("--seed", type=int, default=0, help="seed of the paired comparison's bootstrap (the config's seed)")
     tables.add_argument("--out-dir", required=True)
     tables.set_defaults(func=_cmd_tables)

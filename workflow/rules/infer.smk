@@ -103,6 +103,12 @@ rule tables:
             "results/tables/{table}_per_center.html", category="Tables", labels={"table": "{table}", "rows": "per center"}
         ),
         subjects="results/tables/{table}_subjects.tsv",
+        paired="results/tables/{table}_paired.csv",
+        paired_md="results/tables/{table}_paired.md",
+        paired_tex="results/tables/{table}_paired.tex",
+        paired_html=report(
+            "results/tables/{table}_paired.html", category="Tables", labels={"table": "{table}", "rows": "paired against the first experiment"}
+        ),
         boxplots=report("results/tables/figures/{table}_boxplots.png", category="Figures", labels={"table": "{table}", "figure": "box plots"}),
         overlays=report("results/tables/figures/{table}_overlays.png", category="Figures", labels={"table": "{table}", "figure": "overlays"}),
     log:
@@ -115,6 +121,7 @@ rule tables:
         subsets=table_subsets,
         sheet=SHEET_PARAM,
         options=json.dumps(config["evaluation"], sort_keys=True),
+        seed=config["seed"],
     threads: 1
     resources:
         mem_mb=mem_mb_for("tables"),
@@ -124,7 +131,7 @@ rule tables:
     shell:
         "thrombus tables --table {wildcards.table} --title {params.title:q} --experiments {params.experiments}"
         " --subsets {params.subsets} --evaluations {input.evaluations:q} --records {input.records:q}"
-        " --sheet {params.sheet:q} --stacks-root . --options {params.options:q} --out-dir results/tables 2> {log:q}"
+        " --sheet {params.sheet:q} --stacks-root . --options {params.options:q} --seed {params.seed} --out-dir results/tables 2> {log:q}"
 
 
 rule predict:
