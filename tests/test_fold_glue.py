@@ -435,3 +435,57 @@ def test_a_table_where_every_subject_failed_says_so_and_lists_them(tmp_path: Pat
         text = (tmp_path / "out" / f"t{suffix}").read_text()
         assert NOTHING_SCORED in text and "A007" in text and "stack is 4-D" in text, suffix
     assert pd.read_csv(tmp_path / "out" / "t.csv").empty
+
+
+# --- paper-report: a run's tables kept beside RESULTS.md --------------------------------------------------------
+
+
+def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_them(
+    world: World, predicted: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from thrombus.ladder import render_results
+    from thrombus.paper_report import render_stored
+
+    run = tmp_path / "run"
+    tables, records = evaluate_all(world, tmp_path / "evaluation", iterations=600)
+    assemble_table(table_request(world, tables, records, run / "results" / "tables", overlays=False))
+    for index, (experiment, fold) in enumerate([("loco", 0), ("loco", 1), ("abl", 0), ("abl", 1)]):
+        card = {"code": {"git_commit": ("a" if index < 3 else "b") * 40}, "training": {"seed": 5},
+                "result": {"iterations": 600, "seconds": 500.0 + index, "device": "cpu", "threads": 2}}
+        write_json(run / "results" / "models" / experiment / f"fold{fold}" / "model_card.json", card)
+        bench = run / "logs" / "benchmarks" / "train" / experiment / f"fold{fold}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text("s\th:m:s\tmax_rss\n120.5\t0:02:00\t10\n")
+    base, overlay = tmp_path / "config.yaml", tmp_path / "paper.yaml"
+    base.write_text(yaml.safe_dump({"seed": 5, "train": {"iterations": 300}}))
+    overlay.write_text(yaml.safe_dump({"train": {"iterations": 600}, "tables": {
+        "ablation": {"title": "Sequence ablation", "experiments": ["loco", "abl"], "subsets": list(SUBSETS)}}}))
+    store = tmp_path / "RESULTS.paper.json"
+    assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
+                 "--store", str(store)]) == 0
+    kept = read_json(store)
+    assert kept["iterations"] == 600 and kept["seed"] == 5 and kept["ran_by"] == "make paper"
+    assert [(m["experiment"], m["fold"], m["commit"][:1]) for m in kept["models"]] == [
+        ("abl", 0, "a"), ("abl", 1, "b"), ("loco", 0, "a"), ("loco", 1, "a")]
+    assert kept["rule_seconds"] == {"train": 482.0}
+    assert MATCHING_RULE in kept["notes"] and len(kept["notes"]) == len(set(kept["notes"]))
+    (table,) = kept["tables"]
+    assert table["table"].startswith("| experiment | subset |") and "# Sequence ablation" not in table["table"]
+    assert table["paired"].startswith("| experiment | subset | against |") and "| abl | all | loco |" in table["paired"]
+
+    section = "\n".join(render_stored(tmp_path / "RESULTS.md"))
+    assert "## The paper's tables" in section and "### Sequence ablation" in section
+    assert "aaaaaaaaaaaa (3 models), bbbbbbbbbbbb (1 model)" in section and "train 8 min" in section
+    assert section.count(MATCHING_RULE) == 1, "each note once"
+    assert render_stored(tmp_path / "elsewhere" / "RESULTS.md") == [], "no store, no section"
+    context = {"command": "thrombus ladder", "date": "d", "rows": "r", "config": "c", "samples": "s", "seed": 5,
+               "recipes": {}, "results": str(tmp_path / "RESULTS.md")}
+    assert "### Sequence ablation" in render_results([], context)
+
+    (run / "results" / "tables" / "ablation_paired.md").unlink()
+    before = store.read_bytes()
+    assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x", "--store", str(store)]) == 1
+    assert f"{run / 'results' / 'tables' / 'ablation_paired.md'} is missing" in caplog.text
+    assert store.read_bytes() == before, "a failed collection leaves the store as it was"

@@ -38,6 +38,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     from thrombus.inference.cli import add_predict_parsers
     from thrombus.inference.fold import add_predict_fold_parser
     from thrombus.ladder_cli import add_ladder_parser
+    from thrombus.paper_report import add_paper_report_parser
     from thrombus.preprocess.cli import add_preprocess_parsers
     from thrombus.synth.cli import add_synth_parser
     from thrombus.training.cli import add_train_parser
@@ -53,6 +54,7 @@ def _add_stage_parsers(commands: argparse._SubParsersAction) -> None:
     add_evaluation_parsers(commands)
     add_ladder_parser(commands)
     add_ship_parser(commands)
+    add_paper_report_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

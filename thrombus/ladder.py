@@ -43,6 +43,7 @@ from thrombus.experiments import deep_merge
 from thrombus.inference.lesion_gate import CaseGate, LesionGate, case_gates
 from thrombus.io import read_json, write_json
 from thrombus.samples import Subject, read_sheet, subjects
+from thrombus.paper_report import render_stored
 from thrombus.training.pretrained import render_cards
 
 log = logging.getLogger(__name__)
@@ -599,6 +600,7 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
         by_source.setdefault(r.provenance(), []).append(f"{r.rung} / {r.recipe}{seed}")
     lines += [f"- {', '.join(rows)}: {source}" for source, rows in by_source.items()]
     lines += render_cards()
+    lines += render_stored(Path(context["results"])) if context.get("results") else []
     return "\n".join(lines) + "\n"
 
 

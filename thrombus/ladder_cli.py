@@ -68,6 +68,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
         "rows": str(rows),
         "date": datetime.date.today().isoformat(),
         "recipes": raw,
+        "results": args.results,
     }
     text = render_results(read_results(rows), context)
     if args.results:

@@ -1,0 +1,206 @@
+"""The paper's tables of a `make paper` run, kept beside RESULTS.md with the run's provenance.
+
+RESULTS.md is re-rendered by `thrombus ladder --report-only` on any checkout, where the paper run's
+working directory (hours of training) is long gone. So `thrombus paper-report` copies what the run's
+`tables` rules wrote (each table and its paired comparison, as Markdown) and how the run was made (the
+configs and their SHA-256, the commit each model was trained at, the time each kind of job took, the
+machine) into a store committed beside RESULTS.md (`RESULTS.paper.json`); the rendering reads only that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thrombus.errors import UserError
+from thrombus.io import read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+#: The store's name beside RESULTS.md.
+STORE_NAME = "RESULTS.paper.json"
+
+#: Job kinds whose Snakemake benchmark files are summed into the run's time.
+TIMED_RULES: tuple[str, ...] = ("train", "calibrate", "infer", "evaluate", "tables")
+
+
+class PaperReportError(UserError, ValueError):
+    """A run's tables or models cannot be collected: names the file."""
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """Where a paper run is and how it was started."""
+
+    root: Path
+    config_files: Sequence[Path]
+    ran_by: str
+    command: str
+
+
+def table_body(path: Path) -> tuple[str, list[str]]:
+    """A table file's Markdown without its heading, and its notes apart (they repeat from table to table)."""
+    if not path.exists():
+        raise PaperReportError(f"paper-report: {path} is missing; run the `tables` rule of this run first")
+    lines = path.read_text().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    if "Notes:" in lines:
+        cut = lines.index("Notes:")
+        notes = [line[2:] for line in lines[cut + 1:] if line.startswith("- ")]
+        lines = lines[:cut]
+    else:
+        notes = []
+    return "\n".join(lines).strip("\n"), notes
+
+
+def table_runs(root: Path, name: str) -> list[tuple[str, int]]:
+    """(experiment, fold) of the rows of one table, read from the rows it was made of."""
+    path = root / "results" / "tables" / f"{name}_subjects.tsv"
+    if not path.exists():
+        raise PaperReportError(f"paper-report: {path} is missing; run the `tables` rule of this run first")
+    with path.open() as handle:
+        return sorted({(row["experiment"], int(row["fold"])) for row in csv.DictReader(handle, delimiter="\t")})
+
+
+def model_record(root: Path, experiment: str, fold: int) -> dict[str, Any]:
+    """What a model's card says of how and where it was trained."""
+    path = root / "results" / "models" / experiment / f"fold{fold}" / "model_card.json"
+    if not path.exists():
+        raise PaperReportError(f"paper-report: the card of {experiment} fold {fold} is missing at {path}")
+    card = read_json(path)
+    result = card.get("result", {})
+    return {
+        "experiment": experiment,
+        "fold": fold,
+        "commit": card.get("code", {}).get("git_commit"),
+        "iterations": result.get("iterations"),
+        "seconds": result.get("seconds"),
+        "device": result.get("device"),
+        "threads": result.get("threads"),
+        "seed": card.get("training", {}).get("seed"),
+    }
+
+
+def rule_seconds(root: Path, runs: Sequence[tuple[str, int]]) -> dict[str, float]:
+    """Wall seconds of each timed job kind over the runs, from Snakemake's benchmark files."""
+    totals: dict[str, float] = {}
+    for rule in TIMED_RULES:
+        paths = ([root / "logs" / "benchmarks" / rule / e / f"fold{f}.tsv" for e, f in runs] if rule != "tables"
+                 else sorted((root / "logs" / "benchmarks" / "tables").glob("*.tsv")))
+        seconds = [float(next(csv.DictReader(p.open(), delimiter="\t"))["s"]) for p in paths if p.exists()]
+        if seconds:
+            totals[rule] = round(sum(seconds), 1)
+    return totals
+
+
+def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: str) -> dict[str, Any]:
+    """The store's content: every configured table (with its paired comparison) and the run's provenance."""
+    tables, notes, runs = [], [], set()
+    for name, settings in config["tables"].items():
+        body, table_notes = table_body(source.root / "results" / "tables" / f"{name}.md")
+        paired, paired_notes = table_body(source.root / "results" / "tables" / f"{name}_paired.md")
+        tables.append({"name": name, "title": settings.get("title", name), "table": body,
+                       "paired": paired if len(settings["experiments"]) > 1 else None})
+        notes += [note for note in dict.fromkeys([*table_notes, *paired_notes]) if note not in notes]
+        runs |= set(table_runs(source.root, name))
+    models = [model_record(source.root, e, f) for e, f in sorted(runs)]
+    return {
+        "ran_by": source.ran_by,
+        "command": source.command,
+        "collected": datetime.date.today().isoformat(),
+        "collected_at_commit": commit,
+        "machine": machine,
+        "root": str(source.root),
+        "configs": {str(path): sha256_file(path) for path in source.config_files},
+        "iterations": config.get("train", {}).get("iterations"),
+        "seed": config.get("seed"),
+        "tables": tables,
+        "notes": notes,
+        "models": models,
+        "rule_seconds": rule_seconds(source.root, sorted(runs)),
+    }
+
+
+def _commits(models: Sequence[Mapping[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for model in models:
+        counts[str(model["commit"])[:12]] = counts.get(str(model["commit"])[:12], 0) + 1
+    return ", ".join(f"{commit} ({n} model{'s' if n > 1 else ''})" for commit, n in sorted(counts.items()))
+
+
+def render(store: Mapping[str, Any]) -> list[str]:
+    """RESULTS.md's section on the paper's tables, from the store."""
+    models, seconds = store["models"], store["rule_seconds"]
+    timing = ", ".join(f"{rule} {value / 60:.0f} min" for rule, value in seconds.items())
+    configs = "; ".join(f"`{path}` (SHA-256 {digest[:12]})" for path, digest in store["configs"].items())
+    lines = [
+        "", "## The paper's tables", "",
+        f"Run by `{store['ran_by']}`; collected by `{store['command']}` on {store['collected']} (commit {str(store['collected_at_commit'])[:12]}) on "
+        f"{store['machine']}, from the run in `{store['root']}`; configs {configs}. {len(models)} models of "
+        f"{store['iterations']} iterations, seed {store['seed']}, trained at commits {_commits(models)}, on "
+        f"{', '.join(sorted({str(m['device']) for m in models}))} with {', '.join(sorted({str(m['threads']) for m in models}))} "
+        f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. Notes of every table are listed once, "
+        "at the end of this section.",
+    ]
+    for table in store["tables"]:
+        lines += ["", f"### {table['title']}", "", table["table"]]
+        if table["paired"]:
+            lines += ["", f"Paired against the first row's experiment (`results/tables/{table['name']}_paired.md`):", "",
+                      table["paired"]]
+    lines += ["", "Notes of these tables:", "", *[f"- {note}" for note in store["notes"]]]
+    return lines
+
+
+def render_stored(results: Path) -> list[str]:
+    """The section from the store beside `results` (RESULTS.md), or nothing when no paper run was collected."""
+    store = Path(results).with_name(STORE_NAME)
+    return render(read_json(store)) if store.exists() else []
+
+
+def merged_config(paths: Sequence[Path]) -> dict[str, Any]:
+    """The config files laid over each other as Snakemake lays several --configfile (mappings merged, lists replaced)."""
+    import yaml
+
+    from thrombus.experiments import deep_merge
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        if not Path(path).exists():
+            raise PaperReportError(f"paper-report: config file {path} is missing")
+        config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    if not config.get("tables"):
+        raise PaperReportError(f"paper-report: the configs {', '.join(map(str, paths))} declare no tables")
+    return config
+
+
+def _cmd_paper_report(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from thrombus.ladder import machine_description
+    from thrombus.ladder_cli import _commit
+
+    paths = [Path(p) for p in args.config]
+    source = RunSource(root=Path(args.root), config_files=paths, ran_by=args.ran_by,
+                       command=shlex.join(["thrombus", *sys.argv[1:]]))
+    store = collect(source, merged_config(paths), machine_description(), _commit())
+    write_json(Path(args.store), store)
+    log.info("wrote %s: %d tables, %d models", args.store, len(store["tables"]), len(store["models"]))
+    return 0
+
+
+def add_paper_report_parser(commands: argparse._SubParsersAction) -> None:
+    """Register the `paper-report` subcommand."""
+    report = commands.add_parser("paper-report", help=f"keep a paper run's tables and provenance in {STORE_NAME} (RESULTS.md renders it)")
+    report.add_argument("--root", default=".", help="the run's working directory (results/tables, results/models, logs)")
+    report.add_argument("--config", nargs="+", required=True, help="the run's config files, in the order it laid them")
+    report.add_argument("--ran-by", required=True, help="the command that made the run, as RESULTS.md should say")
+    report.add_argument("--store", default=STORE_NAME, help=f"where to write (default: {STORE_NAME}, beside RESULTS.md)")
+    report.set_defaults(func=_cmd_paper_report)
