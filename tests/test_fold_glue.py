@@ -484,6 +484,17 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
                "recipes": {}, "results": str(tmp_path / "RESULTS.md")}
     assert "### Sequence ablation" in render_results([], context)
 
+    overlay.write_text(yaml.safe_dump({"train": {"iterations": 600}, "tables": {
+        "ablation": {"title": "Sequence ablation", "experiments": ["loco", "abl"], "subsets": list(SUBSETS)},
+        "monocentric": {"title": "Monocentric", "experiments": ["mono"], "subsets": ["all"]}}}))
+    assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
+                 "--tables", "ablation", "--store", str(store)]) == 0
+    assert read_json(store)["tables_not_run"] == ["monocentric"]
+    assert "Tables of the config this run did not make: monocentric." in "\n".join(render_stored(tmp_path / "RESULTS.md"))
+    assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x",
+                 "--tables", "nope", "--store", str(tmp_path / "other.json")]) == 1
+    assert "--tables nope: not tables of the config" in caplog.text
+
     (run / "results" / "tables" / "ablation_paired.md").unlink()
     before = store.read_bytes()
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x", "--store", str(store)]) == 1

@@ -100,10 +100,18 @@ def rule_seconds(root: Path, runs: Sequence[tuple[str, int]]) -> dict[str, float
     return totals
 
 
-def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: str) -> dict[str, Any]:
-    """The store's content: every configured table (with its paired comparison) and the run's provenance."""
+def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: str,
+            only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The store's content: the configured tables (`only` these, when a run made only some) with their paired
+    comparisons, and the run's provenance; the tables left out are named in the store."""
+    unknown = sorted(set(only or ()) - set(config["tables"]))
+    if unknown:
+        raise PaperReportError(f"paper-report: --tables {' '.join(unknown)}: not tables of the config (its tables: "
+                               f"{', '.join(config['tables'])})")
     tables, notes, runs = [], [], set()
     for name, settings in config["tables"].items():
+        if only and name not in only:
+            continue
         body, table_notes = table_body(source.root / "results" / "tables" / f"{name}.md")
         paired, paired_notes = table_body(source.root / "results" / "tables" / f"{name}_paired.md")
         tables.append({"name": name, "title": settings.get("title", name), "table": body,
@@ -122,6 +130,7 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
         "iterations": config.get("train", {}).get("iterations"),
         "seed": config.get("seed"),
         "tables": tables,
+        "tables_not_run": [name for name in config["tables"] if only and name not in only],
         "notes": notes,
         "models": models,
         "rule_seconds": rule_seconds(source.root, sorted(runs)),
@@ -149,6 +158,8 @@ def render(store: Mapping[str, Any]) -> list[str]:
         f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. Notes of every table are listed once, "
         "at the end of this section.",
     ]
+    if store.get("tables_not_run"):
+        lines += ["", f"Tables of the config this run did not make: {', '.join(store['tables_not_run'])}."]
     for table in store["tables"]:
         lines += ["", f"### {table['title']}", "", table["table"]]
         if table["paired"]:
@@ -190,7 +201,7 @@ def _cmd_paper_report(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.config]
     source = RunSource(root=Path(args.root), config_files=paths, ran_by=args.ran_by,
                        command=shlex.join(["thrombus", *sys.argv[1:]]))
-    store = collect(source, merged_config(paths), machine_description(), _commit())
+    store = collect(source, merged_config(paths), machine_description(), _commit(), only=args.tables)
     write_json(Path(args.store), store)
     log.info("wrote %s: %d tables, %d models", args.store, len(store["tables"]), len(store["models"]))
     return 0
@@ -202,5 +213,6 @@ def add_paper_report_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--root", default=".", help="the run's working directory (results/tables, results/models, logs)")
     report.add_argument("--config", nargs="+", required=True, help="the run's config files, in the order it laid them")
     report.add_argument("--ran-by", required=True, help="the command that made the run, as RESULTS.md should say")
+    report.add_argument("--tables", nargs="+", default=None, help="only these tables of the config (default: all of them)")
     report.add_argument("--store", default=STORE_NAME, help=f"where to write (default: {STORE_NAME}, beside RESULTS.md)")
     report.set_defaults(func=_cmd_paper_report)
