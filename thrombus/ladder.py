@@ -215,20 +215,28 @@ def score(model: Any, cases: Sequence[Any], options: Any, device: Any,
           regions: Mapping[str, CaseGate | None] | None = None) -> dict[str, Any]:
     """Score the model on whole volumes of `cases` as validation predicts them; with `regions` (subject ->
     the lesion gate on the case's grid, None where the gate cannot be applied), gated."""
+    return score_ways(model, cases, options, device, {"": regions})[""]
+
+
+def score_ways(model: Any, cases: Sequence[Any], options: Any, device: Any,
+               ways: Mapping[str, Mapping[str, CaseGate | None] | None]) -> dict[str, dict[str, Any]]:
+    """`score` under several gatings at once (way -> regions, None = ungated): each volume is predicted once,
+    which is most of the cost, and its probability map thresholded once per way."""
     import torch
 
     from thrombus.model.sliding import predict_case
 
     was_training = model.training
     model.eval()
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {way: {} for way in ways}
     try:
         for case in cases:
             logits = predict_case(model, case, options.slab_depth, options.val_batch_size, device, options.stride, options.tile,
                                   slice_mm=options.slice_mm)
-            gate = None if regions is None else regions.get(case.subject)
-            rows[case.subject] = {**score_case(torch.sigmoid(logits).numpy(), case.label.numpy(), case.label_outside,
-                                               gate=gate), "positive": case.positive}
+            probability, truth = torch.sigmoid(logits).numpy(), case.label.numpy()
+            for way, regions in ways.items():
+                gate = None if regions is None else regions.get(case.subject)
+                rows[way][case.subject] = {**score_case(probability, truth, case.label_outside, gate=gate), "positive": case.positive}
     finally:
         model.train(was_training)
     return rows
@@ -269,13 +277,20 @@ def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Ma
     trainer = Trainer(run)
     scored = [cases[s] for s in spec.scored]
     points, cpu, wall = [], 0.0, 0.0
+    applied = sum(regions.get(name) is not None for name in spec.scored) if regions else 0
+    gated = None
     for stop in range(spec.eval_every, spec.iterations + spec.eval_every, spec.eval_every):
         run.stop_after = min(stop, spec.iterations)
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         trainer.fit()
         cpu += time.process_time() - cpu_start
         wall += time.perf_counter() - wall_start
-        point = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, options, trainer.device))
+        # the final weights are also read through the lesion gate, from the same predictions
+        ways = {"plain": None, **({"gated": regions} if applied and run.stop_after == spec.iterations else {})}
+        scores = score_ways(trainer.model, scored, options, trainer.device, ways)
+        point = _point(trainer.iteration, cpu, wall, scores["plain"])
+        if "gated" in scores:
+            gated = _point(trainer.iteration, cpu, wall, scores["gated"])
         log.info("%s / %s: iteration %d, %.1f CPU min: Dice %.3f, detected %d/%d, negatives with FP %d/%d, FP %.1f",
                  recipe, spec.name, point.iteration, cpu / 60, point.dice, point.detected, point.positives,
                  point.negatives_with_fp, point.negatives, point.fp_components)
@@ -284,9 +299,6 @@ def run_rung(spec: RungSpec, recipe: str, sections: Mapping[str, Any], cases: Ma
     if options.predict_tiled:  # the same final weights read as whole slices: what the tiling is worth
         untiled = dataclasses.replace(options, predict_tiled=False)
         whole = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, untiled, trainer.device))
-    gated, applied = None, sum(regions.get(name) is not None for name in spec.scored) if regions else 0
-    if applied:
-        gated = _point(trainer.iteration, cpu, wall, score(trainer.model, scored, options, trainer.device, regions))
     return RungResult(recipe, spec.name, list(spec.train), list(spec.scored), points, whole, gated=gated,
                       gated_subjects=applied or None)
 

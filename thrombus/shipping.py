@@ -39,23 +39,30 @@ def figures(weights: Path, subjects: Sequence[Subject], stacks_root: Path, gate:
     """Each subject's Dice, detection and false components from the model at `weights`, read as validation
     reads a volume (threshold 0.5, no size filter); with `gate` (a `lesion_gate` section), after the lesion
     gate. These are the figures a shipped card records and its test reproduces from rebuilt subjects."""
+    return figures_ways(weights, subjects, stacks_root, {"": gate}, threads)[""]
+
+
+def figures_ways(weights: Path, subjects: Sequence[Subject], stacks_root: Path,
+                 gates: Mapping[str, Mapping[str, Any] | None], threads: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
+    """`figures` under several lesion-gate sections at once (name -> section, None = ungated), each subject
+    predicted once."""
     import torch
 
     from thrombus.inference.lesion_gate import LesionGate, case_gates
-    from thrombus.ladder import score
+    from thrombus.ladder import score_ways
     from thrombus.training.card import model_from_checkpoint
     from thrombus.training.data import case_sources, load_cases
 
     torch.set_num_threads(threads)
     loaded = model_from_checkpoint(weights, {})
     cases = load_cases(case_sources(subjects, stacks_root), loaded.card["channels"])
-    regions = None
-    lesion_gate = LesionGate.from_mapping(gate)
-    if lesion_gate is not None:
-        regions = case_gates([(s.center, s.subject) for s in subjects], stacks_root, lesion_gate)
-    rows = score(loaded.network, cases, _prediction_options(loaded.card), torch.device("cpu"), regions)
-    return {name: {key: round(float(value), 4) if key != "positive" else bool(value) for key, value in row.items()}
-            for name, row in rows.items()}
+    ways = {}
+    for name, gate in gates.items():
+        lesion_gate = LesionGate.from_mapping(gate)
+        ways[name] = None if lesion_gate is None else case_gates([(s.center, s.subject) for s in subjects], stacks_root, lesion_gate)
+    scored = score_ways(loaded.network, cases, _prediction_options(loaded.card), torch.device("cpu"), ways)
+    return {name: {subject: {key: round(float(value), 4) if key != "positive" else bool(value) for key, value in row.items()}
+                   for subject, row in rows.items()} for name, rows in scored.items()}
 
 
 def summary(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -99,8 +106,8 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     held_out = {}
     for center in args.held_out:
         members = [s for s in pool.values() if s.center == center and s.thrombus in ("0", "1")]  # the labelled ones
-        rows = figures(weights, members, Path(args.stacks_root), threads=args.threads)
-        gated = figures(weights, members, Path(args.stacks_root), gate=gate, threads=args.threads)
+        both = figures_ways(weights, members, Path(args.stacks_root), {"plain": None, "gated": gate}, threads=args.threads)
+        rows, gated = both["plain"], both["gated"]
         held_out[center] = {"summary": summary(rows), "gated_summary": summary(gated),
                             "subjects": rows, "gated_subjects": gated}
     cohort = Path(args.sheet).parent / "cohort.json"
