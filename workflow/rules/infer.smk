@@ -88,7 +88,7 @@ rule evaluate:
 
 
 rule tables:
-    """One result table (overall and per center, CSV + Markdown + LaTeX) with its figures."""
+    """One result table (overall, per center, and paired against its first experiment; CSV + Markdown + LaTeX) with its figures."""
     input:
         unpack(table_inputs),
     output:
