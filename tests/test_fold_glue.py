@@ -181,6 +181,33 @@ def test_a_broken_stack_fails_its_subject_only(world: World, tmp_path: Path, bre
     assert [p.name for p in out.parent.iterdir()] == ["fold0"]
 
 
+def test_a_subset_that_leaves_a_subject_the_same_channels_reuses_its_prediction(world: World, tmp_path: Path) -> None:
+    """A002 has no FLAIR: removing it changes nothing, so no_flair copies the prediction of `all` (and says so);
+    the subjects with FLAIR are predicted again, and the copy is what a prediction of its own gives."""
+    stacks = tmp_path / "stacks"
+    shutil.copytree(world.root / "results" / "harmonise", stacks / "results" / "harmonise")
+    folder = world.stack_dir("A002", stacks)
+    image = nib.load(folder / "stack.nii.gz")
+    data = np.asarray(image.dataobj).copy()
+    data[..., 3] = 0
+    write_stack(folder, data, availability=[1, 1, 1, 0], affine=image.affine)
+    out = tmp_path / "predict" / "fold0"
+    listing = predict_fold(world.request(0, out, stacks_root=stacks))
+    assert all(p["status"] == "ok" for p in listing["predictions"])
+    records = {(subset, subject): read_json(out / subset / "A" / subject / "record.json") for subset in SUBSETS
+               for subject in ("A001", "A002", "A003")}
+    assert records[("no_flair", "A002")]["same_prediction_as_subset"] == "all"
+    assert records[("no_flair", "A002")]["outputs"]["mask"] == str(out / "no_flair" / "A" / "A002" / "mask.nii.gz")
+    assert all("same_prediction_as_subset" not in records[key] for key in records if key != ("no_flair", "A002"))
+    copied = np.asarray(nib.load(out / "no_flair" / "A" / "A002" / "probability.nii.gz").dataobj)
+    np.testing.assert_array_equal(copied, np.asarray(nib.load(out / "all" / "A" / "A002" / "probability.nii.gz").dataobj))
+    alone = tmp_path / "alone" / "fold0"
+    predict_fold(world.request(0, alone, stacks_root=stacks, subsets={"no_flair": ["flair"]}))
+    np.testing.assert_array_equal(copied, np.asarray(nib.load(alone / "no_flair" / "A" / "A002" / "probability.nii.gz").dataobj))
+    with_flair = [np.asarray(nib.load(out / subset / "A" / "A001" / "probability.nii.gz").dataobj) for subset in SUBSETS]
+    assert not np.array_equal(*with_flair), "A001 has FLAIR: its two subsets are two predictions"
+
+
 @pytest.mark.bad_input
 def test_a_stack_harmonised_with_other_channels_fails_the_whole_fold(world: World, tmp_path: Path) -> None:
     """Harmonisation writes every configured channel (zero-filled when missing): a stack with other channels is stale."""

@@ -97,31 +97,39 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
     }
     jobs = [(subset, s) for subset in sorted(request.subsets) for s in test]
     unreadable = _unreadable()
+    predicted: dict[tuple[str, tuple[str, ...]], tuple[str, Path]] = {}  # (subject, channels used) -> (subset, folder)
     for subset, s in progress(jobs, desc="predicting", unit="case"):
         folder = subject_folder(staging, subset, s.center, s.subject)
         stack_dir = request.stacks_root / "results" / "harmonise" / s.center / s.subject
         entry = {"subset": subset, "subject": s.subject, "center": s.center}
+        used = channels_used(stack_dir / "stack.json", card_channels, request.subsets[subset])
         try:
-            record = predict_subject(
-                PredictRequest(
-                    checkpoint=request.checkpoint,
-                    stack=stack_dir / "stack.nii.gz",
-                    summary=stack_dir / "stack.json",
-                    postprocessing=request.postprocessing,
-                    harmonise=request.harmonise,
-                    keep=tuple(kept_channels(card_channels, request.subsets[subset])),
-                    out_probability=folder / "probability.nii.gz",
-                    out_mask=folder / "mask.nii.gz",
-                    out_record=folder / "record.json",
-                    subject=s.subject,
-                    center=s.center,
-                    threads=request.threads,
-                    device=request.device,
-                    adc=registered_adc(request.stacks_root, s.center, s.subject),
-                    lesion_gate=request.lesion_gate,
-                ),
-                loaded,
-            )
+            earlier = predicted.get((s.subject, used)) if used is not None else None
+            if earlier is not None:
+                record = _reuse(earlier, folder, subset)
+            else:
+                record = predict_subject(
+                    PredictRequest(
+                        checkpoint=request.checkpoint,
+                        stack=stack_dir / "stack.nii.gz",
+                        summary=stack_dir / "stack.json",
+                        postprocessing=request.postprocessing,
+                        harmonise=request.harmonise,
+                        keep=tuple(kept_channels(card_channels, request.subsets[subset])),
+                        out_probability=folder / "probability.nii.gz",
+                        out_mask=folder / "mask.nii.gz",
+                        out_record=folder / "record.json",
+                        subject=s.subject,
+                        center=s.center,
+                        threads=request.threads,
+                        device=request.device,
+                        adc=registered_adc(request.stacks_root, s.center, s.subject),
+                        lesion_gate=request.lesion_gate,
+                    ),
+                    loaded,
+                )
+                if used is not None:
+                    predicted[(s.subject, used)] = (subset, folder)
             _relocate(record, folder, subject_folder(request.out_dir, subset, s.center, s.subject))
             entry.update(status="ok", components=record.get("components"))
         except (VolumeError, FileNotFoundError, ValueError, *unreadable) as error:
@@ -135,6 +143,43 @@ def _predict_all(request: FoldRequest, test: Sequence[Any], staging: Path, fold_
             entry.update(status="failed", error=message)
         listing["predictions"].append(entry)
     return listing
+
+
+def channels_used(summary: Path, channels: Sequence[str], removed: Sequence[str]) -> tuple[str, ...] | None:
+    """The model channels a subset leaves the subject, as its stack.json says it has them; None when the
+    summary cannot be read (predict_subject then says what is wrong with it).
+
+    Two subsets that leave a subject the same channels give the same prediction: removing FLAIR from a
+    subject without FLAIR changes nothing, and a fold of centers without FLAIR would otherwise predict
+    every such subject twice or more.
+    """
+    from thrombus.io import read_json
+
+    try:
+        stack = read_json(summary)
+        available = {str(name) for name, present in zip(stack["channels"], stack["availability"]) if present}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return tuple(channel for channel in kept_channels(channels, removed) if channel in available)
+
+
+def _reuse(earlier: tuple[str, Path], folder: Path, subset: str) -> dict[str, Any]:
+    """The earlier subset's prediction of the same subject with the same channels, copied under `subset`."""
+    import shutil
+
+    from thrombus.io import read_json
+
+    source_subset, source = earlier
+    folder.mkdir(parents=True, exist_ok=True)
+    record = read_json(source / "record.json")
+    for key, path in record["outputs"].items():
+        target = folder / Path(path).name
+        shutil.copyfile(source / Path(path).name, target)
+        record["outputs"][key] = str(target)
+    record["same_prediction_as_subset"] = source_subset
+    log.info("%s (center %s), subset %s: the channels of subset %s, its prediction reused", record["subject"],
+             record["center"], subset, source_subset)
+    return record
 
 
 def _unreadable() -> tuple[type[BaseException], ...]:
