@@ -321,6 +321,26 @@ def load_ladder_config(path: Path, base: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+@dataclass(frozen=True)
+class LadderSetup:
+    """What a ladder run and a gating of its rows both derive from the settings and the seeds."""
+
+    pool: list[Any]
+    by_id: dict[str, Any]
+    specs: list[RungSpec]
+    channels: list[str]
+    other: int | None  # the training seed when it is not the ladder seed
+    checkpoints: Path
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any], seed: int, train_seed: int | None, out_dir: Path) -> LadderSetup:
+        pool = subjects(read_sheet(settings["samples"]), {})
+        other = None if train_seed is None or train_seed == seed else train_seed
+        return cls(pool=pool, by_id={s.subject: s for s in pool}, specs=rung_specs(settings, pool, seed),
+                   channels=list(next(iter(settings["recipes"].values()))["harmonise"]["channels"]), other=other,
+                   checkpoints=out_dir / f"seed-{other}" if other is not None else out_dir)
+
+
 def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int, threads: int,
                progress: bool = False, commit: str = "", rows: Path | None = None,
                train_seed: int | None = None) -> list[RungResult]:
@@ -335,11 +355,10 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     """
     from thrombus.training.data import case_sources, load_cases
 
-    pool = subjects(read_sheet(settings["samples"]), {})
-    specs = rung_specs(settings, pool, seed)
-    by_id = {s.subject: s for s in pool}
+    setup = LadderSetup.of(settings, seed, train_seed, out_dir)
+    pool, by_id, specs, channels, other, checkpoints = (setup.pool, setup.by_id, setup.specs, setup.channels, setup.other,
+                                                        setup.checkpoints)
     needed = sorted({name for spec in specs for name in spec.train + spec.scored})
-    channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
     loaded = load_cases(case_sources([by_id[name] for name in needed], root), channels)
     cases = {case.subject: case for case in loaded}
     gate = LesionGate.from_mapping(settings.get("lesion_gate", {}))
@@ -349,8 +368,6 @@ def run_ladder(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int
     results = read_results(rows) if rows.exists() else []
     only = set(settings.get("only") or [])
     machine = machine_description()
-    other = None if train_seed is None or train_seed == seed else train_seed
-    checkpoints = out_dir / f"seed-{other}" if other is not None else out_dir
     for spec in specs:
         for recipe, sections in settings["recipes"].items():
             if only and f"{recipe}/{spec.name}" not in only:
@@ -379,22 +396,20 @@ def gate_rows(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int,
     from thrombus.training.cli import _model_config, _train_options
     from thrombus.training.data import case_sources, load_cases
 
-    pool = subjects(read_sheet(settings["samples"]), {})
-    by_id = {s.subject: s for s in pool}
+    setup = LadderSetup.of(settings, seed, train_seed, out_dir)
+    by_id, other = setup.by_id, setup.other
     only = set(settings.get("only") or [])
-    other = None if train_seed is None or train_seed == seed else train_seed
-    chosen = [spec for spec in rung_specs(settings, pool, seed) if any(pair.endswith(f"/{spec.name}") for pair in only)]
+    chosen = [spec for spec in setup.specs if any(pair.endswith(f"/{spec.name}") for pair in only)]
     gate = LesionGate.from_mapping(settings.get("lesion_gate", {})) or LesionGate()
     results = read_results(rows)
     for spec in chosen:
-        channels = list(next(iter(settings["recipes"].values()))["harmonise"]["channels"])
-        cases = load_cases(case_sources([by_id[name] for name in spec.scored], root), channels)
+        cases = load_cases(case_sources([by_id[name] for name in spec.scored], root), setup.channels)
         regions = case_gates([(by_id[name].center, name) for name in spec.scored], root, gate)
         for recipe, sections in settings["recipes"].items():
             if f"{recipe}/{spec.name}" not in only:
                 continue
             row = next((r for r in results if _key(r) == (recipe, spec.name, other)), None)
-            checkpoint = (out_dir / f"seed-{other}" if other is not None else out_dir) / recipe / spec.name / "latest.pt"
+            checkpoint = setup.checkpoints / recipe / spec.name / "latest.pt"
             if row is None or not checkpoint.exists():
                 raise LadderError(f"{recipe}/{spec.name}: no row in {rows} or no checkpoint {checkpoint} to gate")
             payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
