@@ -491,13 +491,14 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
         "ablation": {"title": "Sequence ablation", "experiments": ["loco", "abl"], "subsets": list(SUBSETS)}}}))
     store = tmp_path / "RESULTS.paper.json"
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
-                 "--store", str(store)]) == 0
+                 "--remark", "the test suite ran beside fold 1", "--store", str(store)]) == 0
     kept = read_json(store)
     assert kept["iterations"] == 600 and kept["seed"] == 5 and kept["ran_by"] == "make paper"
     assert [(m["experiment"], m["fold"], m["commit"][:1]) for m in kept["models"]] == [
         ("abl", 0, "a"), ("abl", 1, "b"), ("loco", 0, "a"), ("loco", 1, "a")]
     assert kept["rule_seconds"] == {"train": 482.0}
     assert MATCHING_RULE in kept["notes"] and len(kept["notes"]) == len(set(kept["notes"]))
+    assert kept["tables"][0]["notes"] == [], "one table: every note is common"
     (table,) = kept["tables"]
     assert table["table"].startswith("| experiment | subset |") and "# Sequence ablation" not in table["table"]
     assert table["paired"].startswith("| experiment | subset | against |") and "| abl | all | loco |" in table["paired"]
@@ -506,6 +507,7 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
     assert "## The paper's tables" in section and "### Sequence ablation" in section
     assert "aaaaaaaaaaaa (3 models), bbbbbbbbbbbb (1 model)" in section and "train 8 min" in section
     assert section.count(MATCHING_RULE) == 1, "each note once"
+    assert "\n- the test suite ran beside fold 1\n" in section
     assert render_stored(tmp_path / "elsewhere" / "RESULTS.md") == [], "no store, no section"
     context = {"command": "thrombus ladder", "date": "d", "rows": "r", "config": "c", "samples": "s", "seed": 5,
                "recipes": {}, "results": str(tmp_path / "RESULTS.md")}
@@ -522,6 +524,18 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
                  "--tables", "nope", "--store", str(tmp_path / "other.json")]) == 1
     assert "--tables nope: not tables of the config" in caplog.text
 
+    # a second table of one experiment: its own notes stay under it, the paired file's "nothing to compare" is left out
+    assemble_table(table_request(world, tables[:2], records[:2], run / "results" / "tables", name="single",
+                                 experiments=["loco"], overlays=False))
+    overlay.write_text(yaml.safe_dump({"train": {"iterations": 600}, "tables": {
+        "ablation": {"title": "Sequence ablation", "experiments": ["loco", "abl"], "subsets": list(SUBSETS)},
+        "single": {"title": "Method alone", "experiments": ["loco"], "subsets": list(SUBSETS)}}}))
+    assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
+                 "--store", str(store)]) == 0
+    two = read_json(store)
+    assert MATCHING_RULE in two["notes"] and all("nothing to compare" not in n for t in two["tables"] for n in t["notes"])
+    assert any(n.startswith("models trained on: cpu; 10 scored") for n in two["tables"][1]["notes"])
+    assert any(n.startswith("models trained on: cpu; 20 scored") for n in two["tables"][0]["notes"])
     (run / "results" / "tables" / "ablation_paired.md").unlink()
     before = store.read_bytes()
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x", "--store", str(store)]) == 1

@@ -42,6 +42,7 @@ class RunSource:
     config_files: Sequence[Path]
     ran_by: str
     command: str
+    remarks: Sequence[str] = ()
 
 
 def table_body(path: Path) -> tuple[str, list[str]]:
@@ -108,19 +109,24 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
     if unknown:
         raise PaperReportError(f"paper-report: --tables {' '.join(unknown)}: not tables of the config (its tables: "
                                f"{', '.join(config['tables'])})")
-    tables, notes, runs = [], [], set()
+    tables, runs = [], set()
     for name, settings in config["tables"].items():
         if only and name not in only:
             continue
         body, table_notes = table_body(source.root / "results" / "tables" / f"{name}.md")
+        compared = len(settings["experiments"]) > 1
         paired, paired_notes = table_body(source.root / "results" / "tables" / f"{name}_paired.md")
-        tables.append({"name": name, "title": settings.get("title", name), "table": body,
-                       "paired": paired if len(settings["experiments"]) > 1 else None})
-        notes += [note for note in dict.fromkeys([*table_notes, *paired_notes]) if note not in notes]
+        tables.append({"name": name, "title": settings.get("title", name), "table": body, "paired": paired if compared else None,
+                       "notes": list(dict.fromkeys([*table_notes, *(paired_notes if compared else [])]))})
         runs |= set(table_runs(source.root, name))
+    # a note every table has (the matching rule) is said once; the others stay under their table
+    common = [note for note in tables[0]["notes"] if all(note in table["notes"] for table in tables)] if tables else []
+    for table in tables:
+        table["notes"] = [note for note in table["notes"] if note not in common]
     models = [model_record(source.root, e, f) for e, f in sorted(runs)]
     return {
         "ran_by": source.ran_by,
+        "remarks": list(source.remarks),
         "command": source.command,
         "collected": datetime.date.today().isoformat(),
         "collected_at_commit": commit,
@@ -131,7 +137,7 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
         "seed": config.get("seed"),
         "tables": tables,
         "tables_not_run": [name for name in config["tables"] if only and name not in only],
-        "notes": notes,
+        "notes": common,
         "models": models,
         "rule_seconds": rule_seconds(source.root, sorted(runs)),
     }
@@ -155,9 +161,11 @@ def render(store: Mapping[str, Any]) -> list[str]:
         f"{store['machine']}, from the run in `{store['root']}`; configs {configs}. {len(models)} models of "
         f"{store['iterations']} iterations, seed {store['seed']}, trained at commits {_commits(models)}, on "
         f"{', '.join(sorted({str(m['device']) for m in models}))} with {', '.join(sorted({str(m['threads']) for m in models}))} "
-        f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. Notes of every table are listed once, "
-        "at the end of this section.",
+        f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. The notes all the tables share are "
+        "listed once, at the end of this section.",
     ]
+    if store.get("remarks"):
+        lines += ["", *[f"- {remark}" for remark in store["remarks"]]]
     if store.get("tables_not_run"):
         lines += ["", f"Tables of the config this run did not make: {', '.join(store['tables_not_run'])}."]
     for table in store["tables"]:
@@ -165,7 +173,9 @@ def render(store: Mapping[str, Any]) -> list[str]:
         if table["paired"]:
             lines += ["", f"Paired against the first row's experiment (`results/tables/{table['name']}_paired.md`):", "",
                       table["paired"]]
-    lines += ["", "Notes of these tables:", "", *[f"- {note}" for note in store["notes"]]]
+        if table.get("notes"):
+            lines += ["", "Notes of this table:", "", *[f"- {note}" for note in table["notes"]]]
+    lines += ["", "Notes of every table above:", "", *[f"- {note}" for note in store["notes"]]]
     return lines
 
 
@@ -200,7 +210,7 @@ def _cmd_paper_report(args: argparse.Namespace) -> int:
 
     paths = [Path(p) for p in args.config]
     source = RunSource(root=Path(args.root), config_files=paths, ran_by=args.ran_by,
-                       command=shlex.join(["thrombus", *sys.argv[1:]]))
+                       command=shlex.join(["thrombus", *sys.argv[1:]]), remarks=args.remark)
     store = collect(source, merged_config(paths), machine_description(), _commit(), only=args.tables)
     write_json(Path(args.store), store)
     log.info("wrote %s: %d tables, %d models", args.store, len(store["tables"]), len(store["models"]))
@@ -213,6 +223,8 @@ def add_paper_report_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--root", default=".", help="the run's working directory (results/tables, results/models, logs)")
     report.add_argument("--config", nargs="+", required=True, help="the run's config files, in the order it laid them")
     report.add_argument("--ran-by", required=True, help="the command that made the run, as RESULTS.md should say")
+    report.add_argument("--remark", action="append", default=[],
+                        help="what a reader of the figures must know of the run (say, what else ran beside it); repeatable")
     report.add_argument("--tables", nargs="+", default=None, help="only these tables of the config (default: all of them)")
     report.add_argument("--store", default=STORE_NAME, help=f"where to write (default: {STORE_NAME}, beside RESULTS.md)")
     report.set_defaults(func=_cmd_paper_report)
