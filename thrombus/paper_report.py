@@ -143,6 +143,12 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
     }
 
 
+def _short(commit: object) -> str:
+    """A commit's first 12 characters, keeping what follows it ("abc123 with uncommitted changes")."""
+    head, _, rest = str(commit).partition(" ")
+    return f"{head[:12]} {rest}" if rest else head[:12]
+
+
 def _commits(models: Sequence[Mapping[str, Any]]) -> str:
     counts: dict[str, int] = {}
     for model in models:
@@ -157,7 +163,7 @@ def render(store: Mapping[str, Any]) -> list[str]:
     configs = "; ".join(f"`{path}` (SHA-256 {digest[:12]})" for path, digest in store["configs"].items())
     lines = [
         "", "## The paper's tables", "",
-        f"Run by `{store['ran_by']}`; collected by `{store['command']}` on {store['collected']} (commit {str(store['collected_at_commit'])[:12]}) on "
+        f"Run by `{store['ran_by']}`; collected by `{store['command']}` on {store['collected']} (commit {_short(store['collected_at_commit'])}) on "
         f"{store['machine']}, from the run in `{store['root']}`; configs {configs}. {len(models)} models of "
         f"{store['iterations']} iterations, seed {store['seed']}, trained at commits {_commits(models)}, on "
         f"{', '.join(sorted({str(m['device']) for m in models}))} with {', '.join(sorted({str(m['threads']) for m in models}))} "
