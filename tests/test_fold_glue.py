@@ -401,6 +401,8 @@ def test_smoke_runs_are_labelled_and_overlays_can_be_turned_off(world: World, pr
     assert "subset all, subject A002" in md and "subset no_flair" not in md
     assert pd.read_csv(out / "ablation.csv")[["experiment", "subset"]].values.tolist() == [["loco", "all"]]
     assert "one experiment (loco): nothing to compare" in (out / "ablation_paired.md").read_text()
+    # a report page without rows reads as broken: it gets one saying why
+    assert "<td>nothing to compare: the notes say why</td>" in (out / "ablation_paired.html").read_text()
     assert pd.read_csv(out / "ablation_paired.csv").empty
 
 

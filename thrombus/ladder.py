@@ -44,6 +44,7 @@ from thrombus.inference.lesion_gate import CaseGate, LesionGate, case_gates
 from thrombus.io import read_json, write_json
 from thrombus.samples import Subject, read_sheet, subjects
 from thrombus.paper_report import render_stored
+from thrombus.provenance import machine_description
 from thrombus.training.pretrained import render_cards
 
 log = logging.getLogger(__name__)
@@ -632,17 +633,3 @@ def render_results(results: Sequence[RungResult], context: Mapping[str, Any]) ->
     return "\n".join(lines) + "\n"
 
 
-def machine_description() -> str:
-    """CPU model and the cores this process may use (RESULTS.md names the machine its figures come from)."""
-    import os
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"

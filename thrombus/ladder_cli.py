@@ -5,25 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
 from thrombus.options import positive_int
+from thrombus.provenance import checkout_commit
 
 log = logging.getLogger(__name__)
-
-
-def _commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=here).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" with uncommitted changes" if dirty else "")
 
 
 def rows_beside(results: str | None, out_dir: Path) -> Path:
@@ -52,9 +40,9 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
         if not args.only or not rows.exists():
             log.error("ladder --gate-only: name the rows with --only and keep their store (%s)", rows)
             return 1
-        gate_rows(settings, Path(args.root), out_dir, seed, threads, rows, commit=_commit(), train_seed=args.train_seed)
+        gate_rows(settings, Path(args.root), out_dir, seed, threads, rows, commit=checkout_commit(), train_seed=args.train_seed)
     elif not args.report_only:
-        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=_commit(), rows=rows,
+        run_ladder(settings, Path(args.root), out_dir, seed, threads, progress=not args.quiet, commit=checkout_commit(), rows=rows,
                    train_seed=args.train_seed)
     elif not rows.exists():
         log.error("ladder: no row store at %s to render (run some rungs first, or name it with --rows)", rows)

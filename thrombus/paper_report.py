@@ -211,13 +211,12 @@ def _cmd_paper_report(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
-    from thrombus.ladder import machine_description
-    from thrombus.ladder_cli import _commit
+    from thrombus.provenance import checkout_commit, machine_description
 
     paths = [Path(p) for p in args.config]
     source = RunSource(root=Path(args.root), config_files=paths, ran_by=args.ran_by,
                        command=shlex.join(["thrombus", *sys.argv[1:]]), remarks=args.remark)
-    store = collect(source, merged_config(paths), machine_description(), _commit(), only=args.tables)
+    store = collect(source, merged_config(paths), machine_description(), checkout_commit(), only=args.tables)
     write_json(Path(args.store), store)
     log.info("wrote %s: %d tables, %d models", args.store, len(store["tables"]), len(store["models"]))
     return 0

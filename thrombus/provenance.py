@@ -5,6 +5,7 @@ artefacts allow)."""
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -57,3 +58,33 @@ class StepRecord:
     def write(self, target: PathLike) -> Path:
         """Write the record; call last, once the outputs exist."""
         return write_json(target, self.as_dict())
+
+
+def machine_description() -> str:
+    """CPU model and the cores this process may use (RESULTS.md names the machine its figures come from)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"
+
+
+def checkout_commit() -> str:
+    """The commit of the checkout this package runs from, and whether it has uncommitted changes (what a row of
+    RESULTS.md was computed with)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=here).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")

@@ -86,7 +86,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     import sys
 
     from thrombus.io import read_json, sha256_file
-    from thrombus.ladder import machine_description
+    from thrombus.provenance import machine_description
     from thrombus.samples import read_sheet, subjects
     from thrombus.training import pretrained
     from thrombus.training.card import code_version, load_checkpoint

@@ -31,6 +31,9 @@ PAIRED_COLUMNS: tuple[str, ...] = (
     "negatives_with_fp_reference", "negatives_with_fp", "n_negative",
 )
 
+#: The row of a comparison without pairs (a table of one experiment).
+NOTHING_COMPARED = "nothing to compare: the notes say why"
+
 PAIRED_RULE = (
     "Paired comparison: each row pairs an experiment with the table's first (the reference) on the subjects "
     "both scored, held out in the same fold, with the same sequence subset. Differences are the row's "
@@ -185,7 +188,7 @@ def write_paired(summary: pd.DataFrame, stem: Path, title: str, notes: Sequence[
     csv_text = summary.to_csv(index=False, float_format="%.4f", lineterminator="\n", na_rep="")
     return [
         write_text(stem.with_name(stem.name + ".csv"), csv_text),
-        write_text(stem.with_name(stem.name + ".md"), to_markdown(display, title, notes)),
-        write_text(stem.with_name(stem.name + ".tex"), to_latex(display, title, notes, stem.name)),
-        write_text(stem.with_name(stem.name + ".html"), to_html(display, title, notes)),
+        write_text(stem.with_name(stem.name + ".md"), to_markdown(display, title, notes, NOTHING_COMPARED)),
+        write_text(stem.with_name(stem.name + ".tex"), to_latex(display, title, notes, stem.name, NOTHING_COMPARED)),
+        write_text(stem.with_name(stem.name + ".html"), to_html(display, title, notes, NOTHING_COMPARED)),
     ]

@@ -221,14 +221,15 @@ def _markdown_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
-    """Heading, table, then the notes as a list: the rule is read right under the numbers."""
+def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str], empty: str = NOTHING_SCORED) -> str:
+    """Heading, table, then the notes as a list: the rule is read right under the numbers. A table without
+    rows gets one saying why (`empty`), so no reader takes it for a table that failed to render."""
     header = [_markdown_cell(c) for c in display.columns]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in display.iterrows():
         lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
     if display.empty:
-        lines.append("| " + " | ".join([NOTHING_SCORED, *([""] * (len(header) - 1))]) + " |")
+        lines.append("| " + " | ".join([empty, *([""] * (len(header) - 1))]) + " |")
     lines += ["", "Notes:", ""]
     lines += [f"- {_markdown_cell(note)}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -249,7 +250,7 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(token, token) for token in _LATEX_TOKEN.findall(str(text)))
 
 
-def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str) -> str:
+def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str, empty: str = NOTHING_SCORED) -> str:
     """A plain tabular (only \\hline, so no package is needed) in a table float, notes under it."""
     columns = list(display.columns)
     lines = [
@@ -265,7 +266,7 @@ def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str
     for _, row in display.iterrows():
         lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
     if display.empty:
-        lines.append(rf"\multicolumn{{{len(columns)}}}{{l}}{{{latex_escape(NOTHING_SCORED)}}} \\")
+        lines.append(rf"\multicolumn{{{len(columns)}}}{{l}}{{{latex_escape(empty)}}} \\")
     lines += [r"\hline", r"\end{tabular}"]
     if notes:
         lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
@@ -275,11 +276,13 @@ def to_latex(display: pd.DataFrame, title: str, notes: Sequence[str], label: str
     return "\n".join(lines) + "\n"
 
 
-def to_html(display: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+def to_html(display: pd.DataFrame, title: str, notes: Sequence[str], empty: str = NOTHING_SCORED) -> str:
     """A page of its own for the HTML report (Snakemake shows a CSV as a download, an HTML file as a page):
-    heading, the table as displayed, then the notes."""
+    heading, the table as displayed (a table without rows: one row saying why), then the notes."""
     import html
 
+    if display.empty:
+        display = pd.DataFrame([[empty, *([""] * (len(display.columns) - 1))]], columns=display.columns)
     rows = display.to_html(index=False, escape=True, border=0, classes="thrombus-table", na_rep="")
     items = "\n".join(f"<li>{html.escape(note)}</li>" for note in notes)
     style = ("body{font-family:sans-serif;font-size:14px;margin:1em} table{border-collapse:collapse}"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thrombus.inference.cli import add_lesion_gate_argument, lesion_gate_option
-from thrombus.io import PathLike, atomic_folder, write_json
+from thrombus.io import PathLike, atomic_folder, atomic_path, write_json
 from thrombus.options import json_object, positive_int
 
 if TYPE_CHECKING:
@@ -174,7 +174,8 @@ def _reuse(earlier: tuple[str, Path], folder: Path, subset: str) -> dict[str, An
     record = read_json(source / "record.json")
     for key, path in record["outputs"].items():
         target = folder / Path(path).name
-        shutil.copyfile(source / Path(path).name, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source / Path(path).name, tmp)
         record["outputs"][key] = str(target)
     record["same_prediction_as_subset"] = source_subset
     log.info("%s (center %s), subset %s: the channels of subset %s, its prediction reused", record["subject"],
