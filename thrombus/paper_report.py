@@ -89,13 +89,19 @@ def model_record(root: Path, experiment: str, fold: int) -> dict[str, Any]:
     }
 
 
+def _benchmark_seconds(path: Path) -> float:
+    """The wall seconds of a Snakemake benchmark file (its first row)."""
+    with path.open() as handle:
+        return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
+
+
 def rule_seconds(root: Path, runs: Sequence[tuple[str, int]]) -> dict[str, float]:
     """Wall seconds of each timed job kind over the runs, from Snakemake's benchmark files."""
     totals: dict[str, float] = {}
     for rule in TIMED_RULES:
         paths = ([root / "logs" / "benchmarks" / rule / e / f"fold{f}.tsv" for e, f in runs] if rule != "tables"
                  else sorted((root / "logs" / "benchmarks" / "tables").glob("*.tsv")))
-        seconds = [float(next(csv.DictReader(p.open(), delimiter="\t"))["s"]) for p in paths if p.exists()]
+        seconds = [_benchmark_seconds(p) for p in paths if p.exists()]
         if seconds:
             totals[rule] = round(sum(seconds), 1)
     return totals
@@ -150,9 +156,9 @@ def _short(commit: object) -> str:
 
 
 def _commits(models: Sequence[Mapping[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for model in models:
-        counts[str(model["commit"])[:12]] = counts.get(str(model["commit"])[:12], 0) + 1
+    from collections import Counter
+
+    counts = Counter(_short(model["commit"]) for model in models)
     return ", ".join(f"{commit} ({n} model{'s' if n > 1 else ''})" for commit, n in sorted(counts.items()))
 
 
