@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from thrombus.inference.calibrate import calibrate
+from thrombus.inference.calibrate import calibrate, without_channels
 from thrombus.inference.cli import add_predict_parsers
 from thrombus.inference.lesion_gate import LesionGate
 from thrombus.inference.postprocess import (
@@ -471,6 +471,22 @@ def test_calibration_size_filter_and_tie_breaks() -> None:
         Postprocessing.from_dict({"treshold": 0.3})
 
 
+def test_settings_follow_the_channels_a_prediction_did_not_use() -> None:
+    """The subset calibrated with the most of the missing channels removed, and nothing else; else every sequence's."""
+    def post(subset: str, removed: tuple[str, ...], threshold: float) -> Postprocessing:
+        return Postprocessing(threshold, subset=subset, removed=removed, chosen_on=("P1",), score=0.5)
+
+    diffusion, susceptibility = post("no_diffusion", ("dwi", "adc"), 0.8), post("no_susceptibility", ("susceptibility",), 0.7)
+    only = post("susceptibility_only", ("dwi", "adc", "flair"), 0.9)
+    settings = Postprocessing(0.4, 5.0, by_subset=(susceptibility, diffusion, only))
+    assert settings.for_unused([]) is settings and settings.for_unused(["flair"]) is settings
+    assert settings.for_unused(["adc"]) is settings, "without DWI too, ADC alone is not what no_diffusion was calibrated without"
+    assert settings.for_unused(["adc", "dwi"]) == diffusion and settings.for_unused(["dwi", "adc", "flair"]) == only
+    assert settings.for_unused(["dwi", "adc", "susceptibility"]) == diffusion, "the most channels removed wins"
+    assert Postprocessing.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    assert "by_subset" not in diffusion.applied() and diffusion.applied()["removed"] == ["dwi", "adc"]
+
+
 # --- a trained model end to end -------------------------------------------------------------------------
 
 
@@ -503,7 +519,8 @@ def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_overfit_model_finds_its_thrombus_through_predict_subject(overfit: Path) -> None:
     model_dir = overfit / "model"
     post = json.loads((model_dir / "postprocessing.json").read_text())
-    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion", "candidates", "weights_sha256"}
+    assert set(post) == {"threshold", "min_component_mm3", "chosen_on", "score", "criterion", "candidates", "weights_sha256",
+                         "subset", "removed", "by_subset"}
     # one thrombus-positive validation subject is too few to choose on: the defaults, and the reason
     assert post["chosen_on"] == ["P001", "N001"] and post["criterion"] == FEW_CRITERION.format(MIN_POSITIVES, 1)
     assert (post["threshold"], post["min_component_mm3"], post["candidates"]) == (0.5, 0.0, [])
@@ -556,6 +573,48 @@ def test_the_lesion_gate_keeps_a_thrombus_with_a_lesion_and_drops_it_without(ove
     nib.save(nib.Nifti1Image(adc[:, :, :10], affine), other)
     with pytest.raises(VolumeError, match=r"ADC map .*other_grid.nii.gz .*not on the grid of its stack"):
         run("other", other)
+
+
+def overfit_network(root: Path) -> torch.nn.Module:
+    payload = load_checkpoint(root / "model" / "best.pt", {})
+    network = build_model(ModelConfig.from_mapping(payload["card"]["model"]))
+    network.load_state_dict(payload["model"])
+    return network
+
+
+def test_calibration_chooses_each_subsets_settings_on_the_cases_without_its_channels(overfit: Path) -> None:
+    """Four copies of the positive subject and the negative one: each subset's settings are those chosen on the
+    cases with its channels zeroed and flagged missing; a subset naming no channel of the model adds nothing."""
+    network = overfit_network(overfit)
+    sources = [CaseSource(subject, "A", overfit / subject / "stack.nii.gz", overfit / subject / "stack.json",
+                          overfit / subject / "thrombus.nii.gz", subject == "P001") for subject in ("P001", "N001")]
+    positive, negative = (load_case(source, CHANNELS) for source in sources)
+    cases = [dataclasses.replace(positive, subject=f"P00{i}") for i in range(1, MIN_POSITIVES + 1)] + [negative]
+    subsets = {"all": [], "no_susceptibility": ["susceptibility"], "no_t1": ["t1"]}
+    post = calibrate(network, cases, 3, 4, torch.device("cpu"), progress=False, subsets=subsets, channels=CHANNELS)
+    assert post == dataclasses.replace(calibrate(network, cases, 3, 4, torch.device("cpu"), progress=False), by_subset=post.by_subset)
+    (subset,) = post.by_subset
+    assert (subset.subset, subset.removed, subset.chosen_on) == ("no_susceptibility", ("susceptibility",), post.chosen_on)
+    stripped = [without_channels(case, [0]) for case in cases]
+    assert all(not case.image[0].any() and case.availability[0] == 0 for case in stripped) and cases[0].image[0].any()
+    alone = calibrate(network, stripped, 3, 4, torch.device("cpu"), progress=False)
+    assert (subset.threshold, subset.min_component_mm3, subset.candidates) == (alone.threshold, alone.min_component_mm3,
+                                                                                alone.candidates)
+    assert subset.candidates != post.candidates, "the network reads the case differently without its susceptibility channel"
+
+
+def test_a_prediction_without_a_channel_takes_the_settings_calibrated_without_it(overfit: Path, tmp_path: Path) -> None:
+    model_dir = overfit / "model"
+    settings = Postprocessing.from_dict(json.loads((model_dir / "postprocessing.json").read_text()))
+    strict = Postprocessing(0.95, 20.0, subset="no_susceptibility", removed=("susceptibility",), weights_sha256=settings.weights_sha256)
+    path = write_json(tmp_path / "postprocessing.json", dataclasses.replace(settings, by_subset=(strict,)).to_dict())
+    stack, summary = overfit / "P001" / "stack.nii.gz", overfit / "P001" / "stack.json"
+    every = predict_subject(request(tmp_path / "all", model_dir / "best.pt", stack, summary, postprocessing=path))
+    assert (every["threshold"], every["postprocessing"]["subset"]) == (settings.threshold, None)
+    without = predict_subject(request(tmp_path / "without", model_dir / "best.pt", stack, summary, postprocessing=path,
+                                      keep=("dwi", "adc", "flair")))
+    assert (without["threshold"], without["min_component_mm3"]) == (0.95, 20.0)
+    assert without["postprocessing"]["subset"] == "no_susceptibility" and "by_subset" not in without["postprocessing"]
 
 
 @pytest.mark.bad_input

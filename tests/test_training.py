@@ -506,11 +506,15 @@ def test_train_command_writes_every_output(cohort: Path, tmp_path: Path) -> None
     args = parser.parse_args([
         "calibrate", "--sheet", str(cohort / "samples.tsv"), "--stacks-root", str(cohort), "--splits", str(splits), "--fold", "1",
         "--checkpoint", str(out / "best.pt"), "--out", str(out / "postprocessing.json"), "--threads", "1", "--device", "cpu",
-        "--quiet",
+        "--subsets", json.dumps({"all": [], "no_diffusion": ["dwi", "adc"]}), "--quiet",
     ])
     assert args.func(args) == 0
     post = json.loads((out / "postprocessing.json").read_text())
     assert post["chosen_on"] == card["training"]["split"]["val"] and post["chosen_on"]
+    from thrombus.inference.postprocess import MIN_POSITIVES
+
+    positives = sum(s.thrombus == "1" for s in sheet_subjects(cohort) if s.subject in post["chosen_on"])
+    assert [(p["subset"], p["removed"]) for p in post["by_subset"]] == ([("no_diffusion", ["dwi", "adc"])] if positives >= MIN_POSITIVES else [])
     assert 0 < post["threshold"] < 1 and post["min_component_mm3"] >= 0
     assert post["weights_sha256"] == torch.load(out / "best.pt", weights_only=True)["weights_sha256"]
 

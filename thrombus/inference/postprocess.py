@@ -34,6 +34,14 @@ about 25 mm^3), so the largest filter is kept under that: 20 mm^3 is 10 voxels o
 6 mm T2*. The earlier grid went to 640 mm^3 and, on two validation subjects, chose 320 mm^3, which removed
 every thrombus of the demo cohort (24-144 mm^3).
 
+A scan without some sequences needs settings of its own. Without ADC there is no lesion gate, and the
+network's map without diffusion carries the veins it otherwise discounts: settings chosen with every
+sequence then leave 5 to 20 false components a case. So calibration also chooses, for every sequence
+subset the experiment tests, the settings on the same validation subjects with that subset's channels
+removed (`by_subset`), and a prediction takes those calibrated with the most of its missing channels
+removed (`Postprocessing.for_unused`): the choice follows the channels a prediction used, whether a
+subset removed them or the center never acquired them.
+
 A choice made on too few subjects is noise: with fewer than `MIN_POSITIVES` thrombus-positive validation
 subjects the defaults (threshold 0.5, no filter) are kept, and the record says why. Every candidate's
 score is recorded beside the choice.
@@ -42,7 +50,7 @@ score is recorded beside the choice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +90,9 @@ class Postprocessing:
         candidates: every (threshold, min_component_mm3, score) searched, best first.
         weights_sha256: checksum of the weights the settings were chosen with (the checkpoint's own);
             inference refuses them with other weights, for which they mean nothing.
+        subset: the sequence subset these settings were calibrated with (None: every sequence).
+        removed: the model channels that subset removes.
+        by_subset: settings calibrated with channels removed, one per subset (`for_unused` picks).
     """
 
     threshold: float = 0.5
@@ -91,6 +102,9 @@ class Postprocessing:
     criterion: str = DEFAULT_CRITERION
     candidates: tuple[tuple[float, float, float], ...] = ()
     weights_sha256: str | None = None
+    subset: str | None = None
+    removed: tuple[str, ...] = ()
+    by_subset: tuple[Postprocessing, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -98,11 +112,32 @@ class Postprocessing:
         if self.min_component_mm3 < 0:
             raise ValueError(f"postprocessing min_component_mm3 must be >= 0, got {self.min_component_mm3}")
 
+    def for_unused(self, unused: Collection[str]) -> Postprocessing:
+        """The settings for a prediction made without the channels `unused` (removed or never acquired).
+
+        Those calibrated with the most of them removed, and nothing else removed; ties go to the first
+        subset by name. Without such a calibration, these (every sequence). A function of the channels
+        used alone, so that two predictions from the same channels get the same mask.
+        """
+        missing = set(unused)
+        fitting = [post for post in self.by_subset if set(post.removed) <= missing]
+        if not fitting:
+            return self
+        return min(fitting, key=lambda post: (-len(set(post.removed)), str(post.subset)))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the content of `postprocessing.json`)."""
         values = asdict(self)
         values["chosen_on"] = list(self.chosen_on)
         values["candidates"] = [{"threshold": t, "min_component_mm3": m, "score": c} for t, m, c in self.candidates]
+        values["removed"] = list(self.removed)
+        values["by_subset"] = [post.to_dict() for post in self.by_subset]
+        return values
+
+    def applied(self) -> dict[str, Any]:
+        """`to_dict` without the other subsets' settings: what a prediction's record keeps of the settings it used."""
+        values = self.to_dict()
+        del values["by_subset"]
         return values
 
     @classmethod
@@ -123,6 +158,10 @@ class Postprocessing:
             converted["candidates"] = tuple(
                 (float(c["threshold"]), float(c["min_component_mm3"]), float(c["score"])) for c in converted["candidates"]
             )
+        if "removed" in converted:
+            converted["removed"] = tuple(str(c) for c in converted["removed"])
+        if "by_subset" in converted:
+            converted["by_subset"] = tuple(cls.from_dict(post) for post in converted["by_subset"])
         if converted.get("score") is not None:
             converted["score"] = float(converted["score"])
         if "threshold" in converted:

@@ -352,8 +352,9 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     )
     affine = image.affine
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    mask = apply_postprocessing(probability, post, voxel_mm3=voxel_mm3)
     used = [name for name, keep in zip(channels, selected) if keep]
+    post = post.for_unused([name for name in channels if name not in used])
+    mask = apply_postprocessing(probability, post, voxel_mm3=voxel_mm3)
     gate = {"enabled": False}
     if request.lesion_gate is not None:
         mask, gate = lesion_gated(request, mask, brain, image, channels, used)
@@ -373,7 +374,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
         "channels": channels,
         "availability": dict(zip(channels, (int(v) for v in selected))),
         "dropped_by_request": [n for n, a, s in zip(channels, availability, selected) if a and not s],
-        "postprocessing": {**post.to_dict(), "source": post_source},
+        "postprocessing": {**post.applied(), "source": post_source},
         "predict_stride": stride,
         "predict_tile": list(tile) if tile else None,
         "network_slice_mm": network_mm,

@@ -1,5 +1,6 @@
 rule calibrate:
-    """Threshold and smallest component of a fold's model, chosen with best.pt on its validation subjects."""
+    """Threshold and smallest component of a fold's model, chosen with best.pt on its validation subjects,
+    with every sequence and with each sequence subset the experiment's tables test."""
     input:
         unpack(calibrate_inputs),
     output:
@@ -15,6 +16,7 @@ rule calibrate:
         splits=experiment_splits,  # read, not an input: new test subjects do not change the calibration
         checkpoint="results/models/{experiment}/fold{fold}/best.pt",  # also an input; named here for the command
         lesion_gate=json.dumps(config["lesion_gate"], sort_keys=True),
+        subsets=experiment_subsets,
     threads: config["threads"]["infer"]
     resources:
         mem_mb=calibrate_mem_mb,
@@ -23,7 +25,7 @@ rule calibrate:
         "../../envs/train.yaml"
     shell:
         "thrombus calibrate --sheet {params.sheet:q} --stacks-root . --splits {params.splits:q} --fold {wildcards.fold}"
-        " --checkpoint {params.checkpoint:q} --lesion-gate {params.lesion_gate:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
+        " --checkpoint {params.checkpoint:q} --lesion-gate {params.lesion_gate:q} --subsets {params.subsets:q} --out {output:q} --threads {threads} --quiet 2> {log:q}"
 
 
 rule infer:
