@@ -487,6 +487,9 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
         bench = run / "logs" / "benchmarks" / "train" / experiment / f"fold{fold}.tsv"
         bench.parent.mkdir(parents=True, exist_ok=True)
         bench.write_text("s\th:m:s\tmax_rss\n120.5\t0:02:00\t10\n")
+    for table, seconds in (("ablation", 3.5), ("not_collected", 999.0)):  # only the store's tables count
+        (run / "logs" / "benchmarks" / "tables").mkdir(parents=True, exist_ok=True)
+        (run / "logs" / "benchmarks" / "tables" / f"{table}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:03\t10\n")
     base, overlay = tmp_path / "config.yaml", tmp_path / "paper.yaml"
     base.write_text(yaml.safe_dump({"seed": 5, "train": {"iterations": 300}}))
     overlay.write_text(yaml.safe_dump({"train": {"iterations": 600}, "tables": {
@@ -498,7 +501,7 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
     assert kept["iterations"] == 600 and kept["seed"] == 5 and kept["ran_by"] == "make paper"
     assert [(m["experiment"], m["fold"], m["commit"][:1]) for m in kept["models"]] == [
         ("abl", 0, "a"), ("abl", 1, "b"), ("loco", 0, "a"), ("loco", 1, "a")]
-    assert kept["rule_seconds"] == {"train": 482.0}
+    assert kept["rule_seconds"] == {"train": 482.0, "tables": 3.5}
     assert MATCHING_RULE in kept["notes"] and len(kept["notes"]) == len(set(kept["notes"]))
     assert kept["tables"][0]["notes"] == [], "one table: every note is common"
     (table,) = kept["tables"]

@@ -95,12 +95,13 @@ def _benchmark_seconds(path: Path) -> float:
         return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
 
 
-def rule_seconds(root: Path, runs: Sequence[tuple[str, int]]) -> dict[str, float]:
-    """Wall seconds of each timed job kind over the runs, from Snakemake's benchmark files."""
+def rule_seconds(root: Path, runs: Sequence[tuple[str, int]], tables: Sequence[str]) -> dict[str, float]:
+    """Wall seconds of each timed job kind over the runs and the collected tables, from Snakemake's benchmark
+    files (a table the run made but the store leaves out does not count)."""
     totals: dict[str, float] = {}
     for rule in TIMED_RULES:
         paths = ([root / "logs" / "benchmarks" / rule / e / f"fold{f}.tsv" for e, f in runs] if rule != "tables"
-                 else sorted((root / "logs" / "benchmarks" / "tables").glob("*.tsv")))
+                 else [root / "logs" / "benchmarks" / "tables" / f"{name}.tsv" for name in tables])
         seconds = [_benchmark_seconds(p) for p in paths if p.exists()]
         if seconds:
             totals[rule] = round(sum(seconds), 1)
@@ -120,10 +121,11 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
         if only and name not in only:
             continue
         body, table_notes = table_body(source.root / "results" / "tables" / f"{name}.md")
-        compared = len(settings["experiments"]) > 1
-        paired, paired_notes = table_body(source.root / "results" / "tables" / f"{name}_paired.md")
-        tables.append({"name": name, "title": settings.get("title", name), "table": body, "paired": paired if compared else None,
-                       "notes": list(dict.fromkeys([*table_notes, *(paired_notes if compared else [])]))})
+        paired, paired_notes = None, []
+        if len(settings["experiments"]) > 1:  # a one-experiment table's paired file says only that nothing is compared
+            paired, paired_notes = table_body(source.root / "results" / "tables" / f"{name}_paired.md")
+        tables.append({"name": name, "title": settings.get("title", name), "table": body, "paired": paired,
+                       "notes": list(dict.fromkeys([*table_notes, *paired_notes]))})
         runs |= set(table_runs(source.root, name))
     # a note every table has (the matching rule) is said once; the others stay under their table
     common = [note for note in tables[0]["notes"] if all(note in table["notes"] for table in tables)] if tables else []
@@ -145,7 +147,7 @@ def collect(source: RunSource, config: Mapping[str, Any], machine: str, commit: 
         "tables_not_run": [name for name in config["tables"] if only and name not in only],
         "notes": common,
         "models": models,
-        "rule_seconds": rule_seconds(source.root, sorted(runs)),
+        "rule_seconds": rule_seconds(source.root, sorted(runs), [table["name"] for table in tables]),
     }
 
 

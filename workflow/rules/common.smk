@@ -368,6 +368,15 @@ def fold_stacks(wildcards, *parts):
     return [f"results/harmonise/{ALL_SUBJECTS[s].center}/{s}/stack.nii.gz" for s in names]
 
 
+def fold_adc_maps(wildcards, part):
+    """The registered ADC maps of the fold's subjects in `part` that have one, when the lesion gate is on: the
+    calibration and inference read them (`lesion_gate.registered_adc`), so a new map reruns them."""
+    if not config["lesion_gate"].get("enabled", True):
+        return []
+    names = [path.split("/")[3] for path in fold_stacks(wildcards, part)]
+    return [f"results/register/{ALL_SUBJECTS[s].center}/{s}/adc.nii.gz" for s in names if "adc" in registered_sequences(s)]
+
+
 def train_inputs(wildcards):
     """The stacks (and summaries) of the fold's training and validation subjects, and the checkpoint the
     training starts from (`train.init_from`: a shipped model or a file), so that new weights there retrain."""
@@ -422,6 +431,7 @@ def calibrate_inputs(wildcards):
     return {
         "checkpoint": f"results/models/{wildcards.experiment}/fold{wildcards.fold}/best.pt",
         "stacks": fold_stacks(wildcards, "val"),
+        "adc": fold_adc_maps(wildcards, "val"),
     }
 
 
@@ -438,6 +448,7 @@ def infer_inputs(wildcards):
         "checkpoint": f"{folder}/best.pt",
         "postprocessing": f"{folder}/postprocessing.json",
         "stacks": fold_stacks(wildcards, "test"),
+        "adc": fold_adc_maps(wildcards, "test"),
     }
 
 
