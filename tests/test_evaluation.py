@@ -380,6 +380,32 @@ def test_panels_name_the_patients_sides_from_the_grid() -> None:
     assert screen_sides(np.diag([-0.9, 0.9, 6.0, 1.0])) == ("R", "L", "P", "A")
 
 
+def test_every_panel_is_drawn_in_one_convention_whatever_its_grid() -> None:
+    """A clot in the patient's left hemisphere, on a RAS grid, a LAS grid and a grid with its axes swapped and
+    its slices running downwards: each is turned to the radiological layout (right on the screen's left,
+    anterior up), so the clot lands on the screen's right in every panel, at the same spot."""
+    from thrombus.evaluation.figures import in_display_orientation
+    from thrombus.nifti import screen_sides
+
+    shape = (20, 16, 6)
+    world = np.zeros(shape, bool)  # in LAS order: axis 0 runs from the patient's right to the left
+    world[15:17, 10:12, 2] = True  # near the patient's left edge, anterior
+    grids = {
+        "LAS": (np.diag([-1.0, 1.0, 2.0, 1.0]), world),
+        "RAS": (np.diag([1.0, 1.0, 2.0, 1.0]), world[::-1]),
+        "swapped, slices down": (np.array([[0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, -2.0, 0], [0, 0, 0, 1]]),
+                                 np.transpose(world, (1, 0, 2))[:, :, ::-1]),
+    }
+    for name, (affine, truth) in grids.items():
+        case = OverlayCase(name, truth.astype(np.float32), truth, truth, spacing=(1.0, 1.0, 2.0), affine=affine)
+        shown = in_display_orientation(case)
+        assert screen_sides(shown.affine) == ("R", "L", "P", "A"), name
+        assert shown.image.shape == shape and np.array_equal(shown.truth, world), name
+        assert shown.spacing == (1.0, 1.0, 2.0), name
+    unknown = OverlayCase("no affine", world.astype(np.float32), world, world)
+    assert in_display_orientation(unknown) is unknown
+
+
 def test_a_new_subjects_prediction_is_drawn_through_its_largest_component(tmp_path: Path) -> None:
     import nibabel as nib
 
