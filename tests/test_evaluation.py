@@ -404,6 +404,12 @@ def test_every_panel_is_drawn_in_one_convention_whatever_its_grid() -> None:
         assert shown.spacing == (1.0, 1.0, 2.0), name
     unknown = OverlayCase("no affine", world.astype(np.float32), world, world)
     assert in_display_orientation(unknown) is unknown
+    from thrombus.nifti import for_display  # the preprocessing's QC pictures turn 4-D stacks the same way
+
+    stack = np.stack([world[::-1], ~world[::-1]], axis=-1)
+    (turned,), affine = for_display([stack], np.diag([1.0, 1.0, 2.0, 1.0]))
+    assert np.array_equal(turned[..., 0], world) and np.array_equal(turned[..., 1], ~world)
+    assert screen_sides(affine) == ("R", "L", "P", "A")
 
 
 def test_a_new_subjects_prediction_is_drawn_through_its_largest_component(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ volume are reported with the subject and file named, instead of flowing on as ga
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,25 @@ def screen_sides(affine: np.ndarray) -> tuple[str, str, str, str]:
     orientation decides on which side of the screen the patient's left lands."""
     codes = nib.aff2axcodes(affine)
     return _OPPOSITE[codes[0]], codes[0], _OPPOSITE[codes[1]], codes[1]
+
+
+#: How every picture lays out a grid whose affine is known: radiological convention (the patient's right on
+#: the screen's left), anterior up, axial slices along the last axis. Without it each panel followed its own
+#: grid's axes, so one center's scans came out mirrored against another's beside them.
+DISPLAY_AXES: tuple[str, str, str] = ("L", "A", "S")
+
+
+def for_display(arrays: Sequence[np.ndarray | None], affine: np.ndarray) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """The arrays (one grid, extra trailing axes allowed) turned to `DISPLAY_AXES` by axis flips and swaps
+    only, no resampling, with the turned grid's affine; arrays already in that layout come back as they are."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    turn = ornt_transform(io_orientation(affine), axcodes2ornt(DISPLAY_AXES))
+    if np.array_equal(turn, [[0, 1], [1, 1], [2, 1]]):
+        return list(arrays), affine
+    shape = next(array.shape[:3] for array in arrays if array is not None)
+    turned = [None if array is None else np.ascontiguousarray(apply_orientation(array, turn)) for array in arrays]
+    return turned, affine @ inv_ornt_aff(turn, shape)
 
 
 def mark_sides(ax: Any, affine: np.ndarray, colour: str = "yellow") -> None:

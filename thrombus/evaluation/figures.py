@@ -42,30 +42,18 @@ class OverlayCase:
     focus: np.ndarray | None = None
 
 
-#: How every panel is laid out when the grid's affine is known: radiological convention (the patient's
-#: right on the screen's left), anterior up, axial slices. Without it each panel followed its own grid's
-#: axes, so one center's scans came out mirrored against another's beside them.
-DISPLAY_AXES: tuple[str, str, str] = ("L", "A", "S")
-
-
 def in_display_orientation(case: OverlayCase) -> OverlayCase:
-    """The case with its arrays turned to `DISPLAY_AXES` (axis flips and swaps only, no resampling), its
-    affine and spacing turned with them; a case without an affine is drawn as it is."""
+    """The case turned to the pictures' one layout (`nifti.DISPLAY_AXES`), its affine and spacing with it; a
+    case without an affine is drawn as it is."""
     if case.affine is None:
         return case
-    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+    from thrombus.nifti import for_display
 
-    turn = ornt_transform(io_orientation(case.affine), axcodes2ornt(DISPLAY_AXES))
-    if np.array_equal(turn, [[0, 1], [1, 1], [2, 1]]):
+    (image, truth, prediction, focus), affine = for_display([case.image, case.truth, case.prediction, case.focus], case.affine)
+    if affine is case.affine:
         return case
-
-    def turned(array: np.ndarray | None) -> np.ndarray | None:
-        return None if array is None else np.ascontiguousarray(apply_orientation(array, turn))
-
-    affine = case.affine @ inv_ornt_aff(turn, case.image.shape)
     spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    return dataclasses.replace(case, image=turned(case.image), truth=turned(case.truth), prediction=turned(case.prediction),
-                               focus=turned(case.focus), affine=affine, spacing=spacing)
+    return dataclasses.replace(case, image=image, truth=truth, prediction=prediction, focus=focus, affine=affine, spacing=spacing)
 
 
 def _mark_sides(ax, case: OverlayCase, z: int) -> None:  # type: ignore[no-untyped-def]

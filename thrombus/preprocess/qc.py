@@ -29,13 +29,18 @@ def _slices(mask: np.ndarray, count: int = 3) -> list[int]:
 
 def subject_figure(stack: np.ndarray, mask: np.ndarray, channels: Sequence[str], availability: Sequence[int], out: PathLike,
                    title: str, affine: np.ndarray | None = None) -> Path:
-    """Rows: slices; columns: channels; the brain-mask outline in every panel, the patient's sides marked
-    in the first column when the grid's affine is given."""
+    """Rows: slices; columns: channels; the brain-mask outline in every panel. With the grid's affine the
+    panels are turned to the pictures' one layout (`nifti.DISPLAY_AXES`) and the patient's sides marked in
+    the first column."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if affine is not None:  # every subject's picture in one layout, whatever its grid
+        from thrombus.nifti import for_display
+
+        (stack, mask), affine = for_display([stack, mask], affine)
     rows = _slices(mask)
     fig, axes = plt.subplots(len(rows), len(channels), figsize=(2.6 * len(channels), 2.6 * len(rows)), squeeze=False)
     for r, z in enumerate(rows):
