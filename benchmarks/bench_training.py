@@ -38,7 +38,7 @@ from thrombus.training.data import AugmentOptions, Case
 from thrombus.device import autocast
 from thrombus.training.optim import make_loss
 from thrombus.training.options import TrainOptions
-from thrombus.training.trainer import Trainer, TrainRun, batches
+from thrombus.training.trainer import Trainer, TrainRun, batches, slab_dataset
 
 GIB = 1024**3
 
@@ -70,9 +70,10 @@ def make_run(cases: list[Case], model: ModelConfig, options: TrainOptions, threa
 def loader_rate(cases: list[Case], options: TrainOptions, batches_to_time: int) -> float:
     """Slabs per second of the training loader alone (augmented, collated, in the main process)."""
     run = make_run(cases, ModelConfig(), options, 1, "cpu", Path("."))
-    list(batches(run, 0, 2, torch.device("cpu")))  # warm-up: MONAI's imports and first calls
+    dataset = slab_dataset(run)
+    list(batches(dataset, run, 0, 2, torch.device("cpu")))  # warm-up: MONAI's imports and first calls
     started = time.perf_counter()
-    count = sum(batch["image"].shape[0] for batch in batches(run, 0, batches_to_time, torch.device("cpu")))
+    count = sum(batch["image"].shape[0] for batch in batches(dataset, run, 0, batches_to_time, torch.device("cpu")))
     return count / (time.perf_counter() - started)
 
 
@@ -80,7 +81,7 @@ def step_rate(cases: list[Case], model: ModelConfig, options: TrainOptions, thre
     """Slabs per second and seconds per iteration of `Trainer.step`, batches prepared beforehand."""
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(make_run(cases, model, options, threads, device, Path(out)))
-        prepared = list(batches(trainer.run, 0, steps + 2, trainer.device))
+        prepared = list(batches(slab_dataset(trainer.run), trainer.run, 0, steps + 2, trainer.device))
         trainer.step(prepared[0])
         trainer.step(prepared[1])
         _synchronise(trainer.device)
