@@ -13,6 +13,7 @@ import argparse
 import csv
 import datetime
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,8 +159,6 @@ def _short(commit: object) -> str:
 
 
 def _commits(models: Sequence[Mapping[str, Any]]) -> str:
-    from collections import Counter
-
     counts = Counter(_short(model["commit"]) for model in models)
     return ", ".join(f"{commit} ({n} model{'s' if n > 1 else ''})" for commit, n in sorted(counts.items()))
 

@@ -48,9 +48,11 @@ def calibrate(
     is predicted once for each set of channels it is left with. The model is put in eval mode for the
     predictions and handed back in the mode it came in.
     """
+    import torch
     from tqdm import tqdm
 
     from thrombus.inference.postprocess import MIN_POSITIVES, choose_postprocessing
+    from thrombus.model.sliding import predict_case
 
     if not cases:
         return choose_postprocessing([], [], [])
@@ -58,8 +60,16 @@ def calibrate(
     model.eval()
     predicted: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
+    def probability(case: Any) -> np.ndarray:
+        """The case's map, predicted once for each set of channels it has."""
+        key = (case.subject, tuple(int(i) for i in torch.nonzero(case.availability).flatten()))
+        if key not in predicted:
+            logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile, slice_mm)
+            predicted[key] = torch.sigmoid(logits).numpy()
+        return predicted[key]
+
     def choose(variants: Sequence[Any], variant_gates: Sequence[CaseGate | None] | None) -> Postprocessing:
-        probabilities = [_probability(model, case, predicted, (slab_depth, batch_size, device, stride, tile, slice_mm))
+        probabilities = [probability(case)
                          for case in tqdm(variants, desc="calibrating", unit="subject", leave=False, disable=not progress)]
         return choose_postprocessing(probabilities, [case.label.numpy() for case in variants],
                                      [case.subject for case in variants],
@@ -75,21 +85,6 @@ def calibrate(
     finally:
         model.train(was_training)
     return dataclasses.replace(post, by_subset=tuple(found for found in by_subset if found is not None))
-
-
-def _probability(model: Any, case: Any, predicted: dict[tuple[str, tuple[int, ...]], np.ndarray],
-                 how: tuple[Any, ...]) -> np.ndarray:
-    """The case's probability map, predicted once for each set of channels it has (`calibrate`'s cache)."""
-    import torch
-
-    from thrombus.model.sliding import predict_case
-
-    key = (case.subject, tuple(int(i) for i in torch.nonzero(case.availability).flatten()))
-    if key not in predicted:
-        slab_depth, batch_size, device, stride, tile, slice_mm = how
-        logits = predict_case(model, case, slab_depth, batch_size, device, stride, tile, slice_mm)
-        predicted[key] = torch.sigmoid(logits).numpy()
-    return predicted[key]
 
 
 def _subset_settings(name: str, removed: Sequence[str], cases: Sequence[Any], gates: Sequence[CaseGate | None] | None,

@@ -129,7 +129,7 @@ def inference_model():
 def predict_inputs(wildcards):
     s = ALL_SUBJECTS[wildcards.subject]
     stack = f"results/harmonise/{s.center}/{s.subject}"
-    adc = {"adc": f"results/register/{s.center}/{s.subject}/adc.nii.gz"} if "adc" in registered_sequences(s.subject) else {}
+    adc = {"adc": registered_adc(s.subject)} if "adc" in registered_sequences(s.subject) else {}
     return {"stack": f"{stack}/stack.nii.gz", "summary": f"{stack}/stack.json", **adc, **inference_model()}
 
 
@@ -167,6 +167,11 @@ def mask_sequence_of(subject):
     """The sequence HD-BET runs on: the first of the skullstrip priority list the subject has."""
     s = ALL_SUBJECTS[subject]
     return s.reference(config["skullstrip"]["priority"] + list(s.sequences))
+
+
+def registered_adc(subject):
+    """Where registration writes a subject's ADC map on its stack's grid (`lesion_gate.registered_adc` reads it)."""
+    return f"results/register/{ALL_SUBJECTS[subject].center}/{subject}/adc.nii.gz"
 
 
 def registered_sequences(subject):
@@ -359,13 +364,17 @@ def fold_stacks(wildcards, *parts):
     subjects (`thrombus.training.splits.extend_splits`), so a fold's training and validation stacks,
     and with them the model's inputs, stay the same.
     """
+    return [f"results/harmonise/{ALL_SUBJECTS[s].center}/{s}/stack.nii.gz" for s in fold_subjects(wildcards, *parts)]
+
+
+def fold_subjects(wildcards, *parts):
+    """The fold's subjects in `parts` (train, val, test), sorted, read from its split file (`fold_stacks`)."""
     path = checkpoints.splits.get(split=experiment_of(wildcards).split).output[0]
     document = json.loads(open(path).read())
     fold = next((f for f in document["folds"] if f["fold"] == int(wildcards.fold)), None)
     if fold is None:
         raise ValueError(f"{path} has no fold {wildcards.fold} (folds {[f['fold'] for f in document['folds']]})")
-    names = sorted(s for part in parts for s in fold[part] if s in ALL_SUBJECTS)  # a dropped subject: `splits` refuses it
-    return [f"results/harmonise/{ALL_SUBJECTS[s].center}/{s}/stack.nii.gz" for s in names]
+    return sorted(s for part in parts for s in fold[part] if s in ALL_SUBJECTS)  # a dropped subject: `splits` refuses it
 
 
 def fold_adc_maps(wildcards, part):
@@ -373,8 +382,7 @@ def fold_adc_maps(wildcards, part):
     calibration and inference read them (`lesion_gate.registered_adc`), so a new map reruns them."""
     if not config["lesion_gate"].get("enabled", True):
         return []
-    names = [path.split("/")[3] for path in fold_stacks(wildcards, part)]
-    return [f"results/register/{ALL_SUBJECTS[s].center}/{s}/adc.nii.gz" for s in names if "adc" in registered_sequences(s)]
+    return [registered_adc(s) for s in fold_subjects(wildcards, part) if "adc" in registered_sequences(s)]
 
 
 def train_inputs(wildcards):
