@@ -71,7 +71,9 @@ def test_a_shipped_model_reproduces_its_recorded_validation_figures(name: str, t
     recorded = card["shipped"]["validation"]["subjects"]
     for subject in picked:
         assert measured[subject]["detected"] == recorded[subject]["detected"], subject
-        assert measured[subject]["fp_components"] == recorded[subject]["fp_components"], subject
+        # a false component whose peak sits at the threshold may come or go with the CPU: A010's one-voxel
+        # component peaks at 0.507 on an AVX-512 Xeon and stayed under 0.5 on the AMD EPYC that measured the card
+        assert abs(measured[subject]["fp_components"] - recorded[subject]["fp_components"]) <= 1, subject
         assert measured[subject]["dice"] == pytest.approx(recorded[subject]["dice"], abs=0.01), subject
     # by hand, as a user takes a new scan to a mask: the shipped model named instead of a checkpoint path
     positive = next(s for s in pool if s.subject == picked[0])

@@ -393,6 +393,7 @@ def gate_rows(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int,
     """
     import torch
 
+    from thrombus.device import set_threads
     from thrombus.model import build_model
     from thrombus.training.cli import _model_config, _train_options
     from thrombus.training.data import case_sources, load_cases
@@ -420,7 +421,7 @@ def gate_rows(settings: Mapping[str, Any], root: Path, out_dir: Path, seed: int,
             model = build_model(_model_config(sections.get("model", {}), sections.get("harmonise", {})))
             model.load_state_dict(payload["model"])
             options = _train_options({**sections.get("train", {}), "iterations": spec.iterations})
-            torch.set_num_threads(threads)
+            set_threads(threads)
             point = _point(row.points[-1].iteration, row.points[-1].cpu_seconds or 0.0, row.points[-1].wall_seconds or 0.0,
                            score(model, cases, options, torch.device("cpu"), regions))
             row.gated, row.gated_subjects = point, sum(regions[name] is not None for name in spec.scored) or None

@@ -48,12 +48,13 @@ def figures_ways(weights: Path, subjects: Sequence[Subject], stacks_root: Path,
     predicted once."""
     import torch
 
+    from thrombus.device import set_threads
     from thrombus.inference.lesion_gate import LesionGate, case_gates
     from thrombus.ladder import score_ways
     from thrombus.training.card import model_from_checkpoint
     from thrombus.training.data import case_sources, load_cases
 
-    torch.set_num_threads(threads)
+    set_threads(threads)
     loaded = model_from_checkpoint(weights, {})
     cases = load_cases(case_sources(subjects, stacks_root), loaded.card["channels"])
     ways = {}

@@ -41,7 +41,7 @@ from thrombus.training.card import (
     plain,
 )
 from thrombus.training.data import Case, _brain_box
-from thrombus.device import resolve_device
+from thrombus.device import resolve_device, set_threads
 from thrombus.model.sliding import predict_case
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def predict_subject(request: PredictRequest, loaded: LoadedModel | None = None) 
     """
     started = time.perf_counter()
     check_paths(request)
-    torch.set_num_threads(request.threads)
+    set_threads(request.threads)
     try:
         device = resolve_device(request.device, "--device")
     except ValueError as error:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from thrombus.device import set_threads
 from thrombus.io import PathLike, read_json
 from thrombus.model.sliding import crop_padded, network_depth, resample_slices
 from thrombus.nifti import VolumeError, load_volume
@@ -325,11 +326,11 @@ def one_thread() -> Iterator[None]:
     120 slabs/s with 2 threads on an oversubscribed 2-core machine). Loader workers already run on one.
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    set_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        set_threads(previous)
 
 
 def _build_spatial(options: AugmentOptions, patch: tuple[int, int]) -> Any:

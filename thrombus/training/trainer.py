@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from thrombus.device import autocast, resolve_device
+from thrombus.device import autocast, resolve_device, set_threads
 from thrombus.io import write_json
 from thrombus.model import ModelConfig, build_model, count_parameters
 from thrombus.progress import progress
@@ -114,7 +114,7 @@ class Trainer:
         self.run = run
         self.options = run.options
         self.device = resolve_device(run.device, "--device")
-        torch.set_num_threads(run.threads)
+        set_threads(run.threads)
         seed_everything(run.seed)
         self.model = build_model(run.model)
         if self.options.foreground_prior is not None:
