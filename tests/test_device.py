@@ -49,7 +49,7 @@ def test_set_threads_sets_the_count() -> None:
 
 @pytest.mark.slow
 def test_a_first_parallel_exp_in_fresh_processes_equals_its_one_thread_value() -> None:
-    """Without the warm-up, 3-12% of fresh processes got the second thread's half wrong (torch 2.13.0, an
+    """Without the warm-up, 3-15% of fresh processes got the second thread's half wrong (torch 2.13.0, an
     AVX-512 Xeon, 2 cores): 20 processes catch that most of the time, never with it."""
     wrong = 0
     for _ in range(20):

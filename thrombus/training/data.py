@@ -24,7 +24,6 @@ at iteration N needs only N (`IterationSampler`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -39,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from thrombus.device import set_threads
+from thrombus.device import torch_threads
 from thrombus.io import PathLike, read_json
 from thrombus.model.sliding import crop_padded, network_depth, resample_slices
 from thrombus.nifti import VolumeError, load_volume
@@ -317,22 +316,6 @@ def load_cases(sources: Sequence[CaseSource], channels: Sequence[str]) -> list[C
     return cases
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block, then restore the caller's count.
-
-    A slab's tensors are small: splitting their operations across threads costs more than it saves,
-    and on a busy machine the threads' waiting made the augmentation 30x slower (measured: 3.5 against
-    120 slabs/s with 2 threads on an oversubscribed 2-core machine). Loader workers already run on one.
-    """
-    previous = torch.get_num_threads()
-    set_threads(1)
-    try:
-        yield
-    finally:
-        set_threads(previous)
-
-
 def _build_spatial(options: AugmentOptions, patch: tuple[int, int]) -> Any:
     """MONAI's small in-plane affine on the enlarged crop, a centre crop to the patch, then flips.
 
@@ -480,7 +463,10 @@ class SlabDataset(Dataset):
         rng = self.generator(index)
         case, centre, foreground = self.choose(rng)
         factor = self.augment.slice_factor(case.slice_mm, rng)
-        with one_thread():
+        # a slab's tensors are small: splitting their operations across threads costs more than it saves, and
+        # on a busy machine the threads' waiting made the augmentation 30x slower (measured: 3.5 against 120
+        # slabs/s with 2 threads on an oversubscribed 2-core machine); loader workers already run on one
+        with torch_threads(1):
             image, label = self.extract(case, centre, factor)
             if self.augment.enabled:
                 image, label = self.augmented(image, label, int(rng.integers(_MAX_SEED)))
