@@ -172,7 +172,7 @@ class Registration:
     """The result: the forward transform file, the moving image on the fixed grid, and the metric values."""
 
     transform: Path
-    warped: Any  # None until the attempts are judged: only the chosen one is resampled at full resolution
+    warped: Any  # on the QC grid while attempts are judged; the chosen one is then resampled onto the reference
     mi_before: float
     mi_after: float
     rotation_deg: float
@@ -294,8 +294,9 @@ def register(
     """Register `moving` to `fixed` (identity start) and judge the result by mutual information.
 
     The forward transform is saved atomically at `transform_out` (a temporary file when not given).
-    Mutual information, the verdict on each attempt, is measured on the metric grid (`qc_grid`); the
-    image is resampled onto the reference's own grid once, through the chosen transform.
+    Mutual information, the verdict on each attempt, and the heads' centres are measured on the metric
+    grid (`qc_grid`); the image is resampled onto the reference's own grid once, through the chosen
+    transform.
     """
     reference_mask = fixed_mask if fixed_mask is not None else ants.get_mask(fixed)
     coverage = overlap_fraction(ants, reference_mask, moving)
@@ -312,7 +313,7 @@ def register(
     qc_fixed, qc_mask = qc_grid(ants, fixed, reference_mask, metric_fixed, metric_mask)
     before = ants.resample_image_to_target(moving, qc_fixed, interp_type="linear")
     mi_before = _mutual_information(ants, qc_fixed, before, qc_mask)
-    fixed_centre = head_centre(ants, fixed)
+    fixed_centre = head_centre(ants, qc_fixed)
     gap = float(np.linalg.norm(fixed_centre - head_centre(ants, moving)))
     starts = ["identity", "centres"] if gap > options.centre_start_mm else ["identity"]
     backend = registrators.load(options.backend)
@@ -325,15 +326,16 @@ def register(
                 attempt += 1
                 transform = backend.optimise(pair, options, schedule, start, Path(work) / f"attempt{attempt}_")
                 angle, shift, matrix = _motion(ants, transform)
-                mi_after = _mutual_information(ants, qc_fixed, apply(ants, qc_fixed, moving, transform), qc_mask)
-                candidate = Registration(transform, None, mi_before, mi_after, angle, shift, matrix, attempt, start, gap)
+                on_qc_grid = apply(ants, qc_fixed, moving, transform)
+                mi_after = _mutual_information(ants, qc_fixed, on_qc_grid, qc_mask)
+                candidate = Registration(transform, on_qc_grid, mi_before, mi_after, angle, shift, matrix, attempt, start, gap)
                 if best is None or candidate.mi_after > best.mi_after:
                     best = candidate
             best.attempts = attempt
             if not _looks_failed(best, options):
                 break
-        best.warped = apply(ants, fixed, moving, best.transform)
         best.centre_gap_after_mm = float(np.linalg.norm(fixed_centre - head_centre(ants, best.warped)))
+        best.warped = apply(ants, fixed, moving, best.transform)
         if fixed_mask is not None and moving_mask is not None:
             best.mask_dice = mask_dice(ants, fixed_mask, moving_mask, best.transform)
         if transform_out is None:
