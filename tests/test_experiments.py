@@ -96,3 +96,22 @@ def test_a_table_can_keep_the_fold_its_variants_share() -> None:
     wrong = {"t": {"experiments": ["loco_gmd", "loco_none"], "folds": [0]}}
     with pytest.raises(ConfigError, match=r"tables\.t\.folds names folds \[0\] that experiment 'loco_none'"):
         table_folds(_config(tables=wrong), found)
+
+
+def test_replicates_are_retrainings_with_the_seed_moved_and_tables_gather_them() -> None:
+    """`replicates: 3` trains the experiment three times (seeds s, s+1, s+2) under names no declared
+    experiment can have; a table naming the experiment needs all three, fold by fold."""
+    from thrombus.experiments import replicates_of, split_replicate
+
+    config = _config()
+    config["experiments"]["loco_none"]["replicates"] = 3
+    found = experiments(config, SUBJECTS)
+    members = replicates_of("loco_none", found)
+    assert [e.name for e in members] == ["loco_none", "loco_none-r2", "loco_none-r3"]
+    assert [e.seed(7) for e in members] == [7, 8, 9] and {e.declared for e in members} == {"loco_none"}
+    assert members[2].train == found["loco_none"].train and members[2].folds == (2,)
+    assert table_folds(config, found) == [("loco_gmd", 0), ("loco_gmd", 1), ("loco_gmd", 2),
+                                          ("loco_none", 2), ("loco_none-r2", 2), ("loco_none-r3", 2)]
+    assert split_replicate("loco_none-r3") == ("loco_none", 3)
+    for declared in ("loco_none", "loco_r2", "mono_r10"):  # the schema allows no "-" in a declared name
+        assert split_replicate(declared) == (declared, 1)

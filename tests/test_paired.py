@@ -63,3 +63,22 @@ def test_pairs_keep_subsets_apart() -> None:
     assert pairs(rows, "ref", "new", "no_dwi").empty
     summary = compare(rows, ["ref", "new"], ["all", "no_dwi"], BootstrapOptions(samples=100))
     assert summary["n_pairs"].tolist() == [2, 0] and np.isnan(summary.loc[1, "detection_difference"])
+
+
+def test_several_trainings_enter_as_each_subject_s_mean_and_mcnemar_is_not_applied() -> None:
+    """Two trainings of the variant: a subject found by one of them counts 1/2, the bootstrap resamples
+    subjects (not subject-trainings), and McNemar, a test of single outcomes, is left out."""
+    from thrombus.evaluation.assemble import replicate_notes, with_replicates
+
+    reference = rows_of("ref", [1, 0, 0, 1], [0.5, 0.0, 0.0, 0.4], [1, 0])
+    first = rows_of("new", [1, 1, 0, 1], [0.6, 0.3, 0.0, 0.4], [0, 0])
+    second = rows_of("new-r2", [0, 1, 0, 1], [0.0, 0.5, 0.0, 0.2], [1, 0])
+    rows = with_replicates(pd.DataFrame(reference + first + second))
+    assert sorted(set(zip(rows["experiment"], rows["replicate"], rows["run"]))) == [("new", 1, "new"), ("new", 2, "new-r2"), ("ref", 1, "ref")]
+    merged = pairs(rows, "ref", "new", "all")
+    assert len(merged) == 6 and merged[merged["positive"] == 1]["detected"].tolist() == [0.5, 1.0, 0.0, 1.0]
+    row = compare(rows, ["ref", "new"], ["all"], BootstrapOptions(samples=500, seed=1)).iloc[0]
+    assert row["detection"] == pytest.approx(2.5 / 4) and row["detection_difference"] == pytest.approx(0.125)
+    assert (row["found_only_here"], row["found_only_by_reference"]) == (1, 1) and np.isnan(row["mcnemar_p"])
+    assert row["dice"] == pytest.approx((0.3 + 0.4 + 0.0 + 0.3) / 4) and row["negatives_with_fp"] == pytest.approx(0.25)
+    assert "new 2" in replicate_notes(rows)[0] and replicate_notes(with_replicates(pd.DataFrame(reference))) == []

@@ -387,3 +387,22 @@ def test_new_subject_without_label_is_predicted_not_trained_on(tiny_run: Path) -
         document = json.loads((tiny_run / "results" / "splits" / f"{split}.json").read_text())
         assert "N001" not in document["subjects"]
     assert not list((tiny_run / "results" / "heldout").rglob("N001"))
+
+
+def test_replicated_experiments_train_once_per_seed(tiny_cohort: Path, tmp_path: Path) -> None:
+    """config/paper_replicates.yaml trains GMD and no dropout three times on every fold, seeds s, s+1,
+    s+2, and the dropout table gathers all of them."""
+    # paper_partial.yaml, which the overlay is meant to go with, names fold 3: the tiny cohort has three centers
+    configs = [str(REPO / "config" / name) for name in ("config.yaml", "paper.yaml", "paper_replicates.yaml")]
+    done = snakemake(tmp_path, "-n", "-p", "--configfile", *configs, "--config", f"samples={tiny_cohort / 'samples.tsv'}",
+                     "--", "results/tables/dropout.md", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.findall(r"--out-dir results/models/([\w-]+)/fold(\d+) .*?--seed (\d+)", done.stdout)
+    trained = [job for job in found if job[0].split("-r")[0] in ("loco_gmd", "loco_no_dropout")]
+    folds = sorted({fold for _, fold, _ in trained})
+    assert len(trained) == 2 * 3 * len(folds) and len(folds) >= 2, done.stdout[-3000:]
+    assert len(found) - len(trained) == len(folds)  # plain dropout, not replicated, once a fold
+    for declared in ("loco_gmd", "loco_no_dropout"):
+        seeds = {name: int(seed) for name, _, seed in trained if name.split("-r")[0] == declared}
+        base = seeds[declared]
+        assert seeds == {declared: base, f"{declared}-r2": base + 1, f"{declared}-r3": base + 2}

@@ -23,9 +23,32 @@ WORKFLOW_TRAIN_KEYS: tuple[str, ...] = ("resume",)
 SPLIT_TRAIN_KEYS: tuple[str, ...] = ("val_fraction", "test_fraction")
 
 
+#: A retraining of experiment E with another seed is the experiment E-r2, E-r3, ...: declared names cannot
+#: hold "-" (the config schema), so no declared experiment is ever read as a replicate.
+REPLICATE_MARK = "-r"
+
+
+def replicate_name(base: str, replicate: int) -> str:
+    """The name of an experiment's `replicate`-th training (the first keeps the declared name)."""
+    return base if replicate == 1 else f"{base}{REPLICATE_MARK}{replicate}"
+
+
+def split_replicate(name: str) -> tuple[str, int]:
+    """(declared experiment, replicate number) of a name made by `replicate_name`."""
+    base, mark, number = name.rpartition(REPLICATE_MARK)
+    if mark and base and number.isdigit() and int(number) >= 2:
+        return base, int(number)
+    return name, 1
+
+
 @dataclass(frozen=True)
 class Experiment:
-    """One experiment, with its sections already merged over the global ones."""
+    """One experiment, with its sections already merged over the global ones.
+
+    `replicate` > 1 marks a retraining of the declared experiment with the seed moved by replicate - 1:
+    two trainings of one recipe differed by as much as GMD and no dropout did (CHANGELOG, "Measured, not
+    kept"), so a comparison of recipes needs several trainings of each, pooled in its tables.
+    """
 
     name: str
     split: str
@@ -33,6 +56,16 @@ class Experiment:
     train: dict[str, Any]
     folds: tuple[int, ...]
     description: str = ""
+    replicate: int = 1
+
+    @property
+    def declared(self) -> str:
+        """The experiment's name in the config (and in the tables)."""
+        return split_replicate(self.name)[0]
+
+    def seed(self, base_seed: int) -> int:
+        """The training seed of this replicate, given the config's seed."""
+        return base_seed + self.replicate - 1
 
     def training_sections(self) -> dict[str, Any]:
         """What `thrombus train --options` reads: the train section (workflow-only keys left out) and the model."""
@@ -72,15 +105,22 @@ def experiments(config: Mapping[str, Any], subjects: Sequence[Subject]) -> dict[
                 f"experiments.{name}: leave-one-center-out needs labelled subjects from two centers or more, "
                 f"the sheet has {centers or 'none'}; remove the experiment or add centers"
             )
-        found[name] = Experiment(
-            name=name,
-            split=settings["split"],
-            model=deep_merge(config.get("model") or {}, settings.get("model") or {}),
-            train=deep_merge(config.get("train") or {}, settings.get("train") or {}),
-            folds=folds,
-            description=settings.get("description", ""),
-        )
+        for replicate in range(1, int(settings.get("replicates", 1)) + 1):
+            found[replicate_name(name, replicate)] = Experiment(
+                name=replicate_name(name, replicate),
+                split=settings["split"],
+                model=deep_merge(config.get("model") or {}, settings.get("model") or {}),
+                train=deep_merge(config.get("train") or {}, settings.get("train") or {}),
+                folds=folds,
+                description=settings.get("description", ""),
+                replicate=replicate,
+            )
     return found
+
+
+def replicates_of(declared: str, found: Mapping[str, Experiment]) -> list[Experiment]:
+    """A declared experiment and its retrainings, first replicate first."""
+    return sorted((e for e in found.values() if e.declared == declared), key=lambda e: e.replicate)
 
 
 def _folds(name: str, requested: Any, centers: Sequence[str]) -> tuple[int, ...]:
@@ -123,7 +163,8 @@ def check_tables(config: Mapping[str, Any], channels: Sequence[str]) -> None:
 
 
 def folds_of_table(table: str, settings: Mapping[str, Any], found: Mapping[str, Experiment]) -> list[tuple[str, int]]:
-    """(experiment, fold) behind one table's rows: every fold of each experiment, or those of its `folds`.
+    """(experiment, fold) behind one table's rows: every fold of each experiment, or those of its `folds`,
+    for each of its replicates.
 
     An ablation compares variants trained on one fold against the method trained on every fold; without
     `folds` the method's row would pool all held-out centers while the others show one.
@@ -140,7 +181,7 @@ def folds_of_table(table: str, settings: Mapping[str, Any], found: Mapping[str, 
                     f"(its folds: {folds})"
                 )
             folds = [fold for fold in folds if fold in wanted]
-        pairs.extend((experiment, fold) for fold in folds)
+        pairs.extend((member.name, fold) for member in replicates_of(experiment, found) for fold in folds)
     return pairs
 
 

@@ -63,12 +63,13 @@ def table_body(path: Path) -> tuple[str, list[str]]:
 
 
 def table_runs(root: Path, name: str) -> list[tuple[str, int]]:
-    """(experiment, fold) of the rows of one table, read from the rows it was made of."""
+    """(experiment, fold) of the models behind one table, read from the rows it was made of (a replicate's
+    rows name their declared experiment and, in `run`, their own)."""
     path = root / "results" / "tables" / f"{name}_subjects.tsv"
     if not path.exists():
         raise PaperReportError(f"paper-report: {path} is missing; run the `tables` rule of this run first")
     with path.open() as handle:
-        return sorted({(row["experiment"], int(row["fold"])) for row in csv.DictReader(handle, delimiter="\t")})
+        return sorted({(row.get("run") or row["experiment"], int(row["fold"])) for row in csv.DictReader(handle, delimiter="\t")})
 
 
 def model_record(root: Path, experiment: str, fold: int) -> dict[str, Any]:

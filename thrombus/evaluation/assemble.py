@@ -81,18 +81,46 @@ def table_notes(records: Sequence[Mapping[str, Any]], rows: pd.DataFrame) -> lis
     return notes
 
 
+def with_replicates(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows under their declared experiment's name, with the training they came from in `replicate` and
+    its own name (where its model and predictions lie) in `run`."""
+    from thrombus.experiments import split_replicate
+
+    if rows.empty:
+        return rows.assign(replicate=pd.Series(dtype=int), run=pd.Series(dtype=str))
+    names = rows["experiment"].map(split_replicate)
+    return rows.assign(run=rows["experiment"], experiment=names.map(lambda pair: pair[0]),
+                       replicate=names.map(lambda pair: pair[1]))
+
+
+def replicate_notes(rows: pd.DataFrame) -> list[str]:
+    """Say which rows pool several trainings, and what that does to their intervals."""
+    if rows.empty:
+        return []
+    counts = rows.groupby("experiment", sort=True)["replicate"].nunique()
+    pooled = {name: int(count) for name, count in counts.items() if count > 1}
+    if not pooled:
+        return []
+    listed = ", ".join(f"{name} {count}" for name, count in pooled.items())
+    return [
+        f"pooled trainings (replicates: the r-th trained with seed + r - 1): {listed}. Their rates count every "
+        "subject once per training, so their Wilson intervals, which take the cases as independent, are too "
+        "narrow; the paired comparison averages each subject over the trainings and resamples subjects"
+    ]
+
+
 def assemble_table(request: TableRequest) -> list[Path]:
     """Write the overall and per-center tables, the per-subject rows, the box plots and the overlays."""
     from thrombus.evaluation.fold import read_folds
     from thrombus.evaluation.tables import ALL, summarise, write_table
 
-    rows = read_folds(request.evaluations, request.subsets)
+    rows = with_replicates(read_folds(request.evaluations, request.subsets))
     records = [read_json(path) for path in request.records]
     # A fold is predicted with the subsets of every table showing its experiment; this table's notes name
     # only the failures of the subsets it shows.
     shown = set(request.subsets)
     records = [{**record, "failures": [f for f in record.get("failures", []) if f.get("subset") in shown]} for record in records]
-    notes = table_notes(records, rows)
+    notes = table_notes(records, rows) + replicate_notes(rows)
     per_center = ordered(summarise(rows, ["experiment", "subset", "center"]), request.experiments, request.subsets)
     overall = per_center[per_center["center"] == ALL].drop(columns=["center"]).reset_index(drop=True)
     out = request.out_dir
@@ -175,7 +203,7 @@ def overlay_case(request: TableRequest, row: pd.Series, role: str, truth_path: s
     stack_dir = request.stacks_root / "results" / "harmonise" / row["center"] / row["subject"]
     stack = nib.load(stack_dir / "stack.nii.gz")
     image = np.asarray(stack.dataobj[..., 0], dtype=np.float32)
-    predictions = request.stacks_root / "results" / "heldout" / row["experiment"] / f"fold{int(row['fold'])}"
+    predictions = request.stacks_root / "results" / "heldout" / row.get("run", row["experiment"]) / f"fold{int(row['fold'])}"
     mask = np.asarray(nib.load(subject_folder(predictions, row["subset"], row["center"], row["subject"]) / "mask.nii.gz").dataobj) > 0
     truth = np.asarray(nib.load(truth_path).dataobj) > 0 if truth_path else None
     spacing = tuple(float(z) for z in stack.header.get_zooms()[:3])

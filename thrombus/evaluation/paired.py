@@ -39,7 +39,10 @@ PAIRED_RULE = (
     "both scored, held out in the same fold, with the same sequence subset. Differences are the row's "
     "experiment minus the reference over the thrombus-positive pairs; 95% interval: percentile bootstrap "
     "over subjects ({samples} resamples, seed {seed}). McNemar: exact two-sided binomial test of the "
-    "subjects found by only one of the two. An interval that holds 0 does not separate the two."
+    "subjects found by only one of the two. An interval that holds 0 does not separate the two. An "
+    "experiment trained several times (replicates) enters with each subject's mean over its trainings; "
+    "'found only here' then counts the subjects it found more often, and McNemar, a test of single "
+    "outcomes, is n/a."
 )
 
 
@@ -71,14 +74,27 @@ def bootstrap_interval(differences: np.ndarray, options: BootstrapOptions, rng: 
     return (float(low), float(high))
 
 
+#: Per-subject values a pair compares; with several trainings of an experiment, each is their mean.
+PAIRED_VALUES: tuple[str, ...] = ("positive", "detected", "dice", "false_positive_case")
+
+
+def per_subject(rows: pd.DataFrame, experiment: str, subset: str) -> pd.DataFrame:
+    """One line per subject of `experiment` with `subset`: its values averaged over the experiment's trainings.
+
+    A subject found by 2 of 3 trainings counts 2/3, so the bootstrap over subjects carries the spread
+    between trainings as well as between subjects.
+    """
+    mine = rows[(rows["experiment"] == experiment) & (rows["subset"] == subset)]
+    values = mine[[*PAIR_KEYS, *PAIRED_VALUES]].copy()
+    for column in PAIRED_VALUES:
+        values[column] = pd.to_numeric(values[column], errors="coerce")
+    return values.groupby(list(PAIR_KEYS), as_index=False, sort=True, dropna=False).mean()
+
+
 def pairs(rows: pd.DataFrame, reference: str, experiment: str, subset: str) -> pd.DataFrame:
     """One line per subject scored by both experiments with `subset`: the reference's columns end in _ref."""
-    mine = rows[(rows["experiment"] == experiment) & (rows["subset"] == subset)]
-    theirs = rows[(rows["experiment"] == reference) & (rows["subset"] == subset)]
-    keep = [*PAIR_KEYS, "positive", "detected", "dice", "false_positive_case"]
-    merged = mine[keep].merge(theirs[keep], on=list(PAIR_KEYS), suffixes=("", "_ref"), how="inner", validate="one_to_one")
-    for column in ("positive", "detected", "dice", "false_positive_case", "detected_ref", "dice_ref", "false_positive_case_ref"):
-        merged[column] = pd.to_numeric(merged[column], errors="coerce")
+    mine, theirs = per_subject(rows, experiment, subset), per_subject(rows, reference, subset)
+    merged = mine.merge(theirs, on=list(PAIR_KEYS), suffixes=("", "_ref"), how="inner", validate="one_to_one")
     return merged.sort_values(list(PAIR_KEYS), kind="mergesort").reset_index(drop=True)
 
 
@@ -92,7 +108,9 @@ def compare_pair(merged: pd.DataFrame, options: BootstrapOptions, rng: np.random
     positives = merged[merged["positive"] == 1]
     negatives = merged[merged["positive"] == 0]
     found, found_ref = positives["detected"].fillna(0).to_numpy(), positives["detected_ref"].fillna(0).to_numpy()
-    only_here, only_ref = int(((found == 1) & (found_ref == 0)).sum()), int(((found == 0) & (found_ref == 1)).sum())
+    only_here, only_ref = int((found > found_ref).sum()), int((found < found_ref).sum())
+    # McNemar tests single outcomes; averaged over trainings a subject's detection is a fraction
+    single = bool(np.isin(found, (0.0, 1.0)).all() and np.isin(found_ref, (0.0, 1.0)).all())
     detection_low, detection_high = bootstrap_interval(found - found_ref, options, rng)
     dice_low, dice_high = bootstrap_interval((positives["dice"] - positives["dice_ref"]).to_numpy(dtype=float), options, rng)
     return {
@@ -105,7 +123,7 @@ def compare_pair(merged: pd.DataFrame, options: BootstrapOptions, rng: np.random
         "detection_difference_ci_high": detection_high,
         "found_only_here": only_here,
         "found_only_by_reference": only_ref,
-        "mcnemar_p": mcnemar_exact(only_here, only_ref),
+        "mcnemar_p": mcnemar_exact(only_here, only_ref) if single else math.nan,
         "dice_reference": _mean(positives["dice_ref"]),
         "dice": _mean(positives["dice"]),
         "dice_difference": _mean(positives["dice"] - positives["dice_ref"]),

@@ -351,6 +351,11 @@ def experiment_of(wildcards):
     return EXPERIMENTS[wildcards.experiment]
 
 
+def experiment_seed(wildcards):
+    """The config's seed, moved by the replicate number for an experiment's retrainings."""
+    return experiment_of(wildcards).seed(config["seed"])
+
+
 def experiment_splits(wildcards):
     return f"results/splits/{experiment_of(wildcards).split}.json"
 
@@ -474,7 +479,7 @@ def experiment_subsets(wildcards):
     wanted = {
         subset
         for settings in config["tables"].values()
-        if wildcards.experiment in settings["experiments"]
+        if experiment_of(wildcards).declared in settings["experiments"]
         for subset in settings.get("subsets", ["all"])
     }
     return json.dumps({name: subsets[name] for name in sorted(wanted)}, sort_keys=True)

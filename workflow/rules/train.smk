@@ -61,7 +61,7 @@ rule train:
         options=train_options,
         # not key-sorted: the order of harmonise.channels is the stacks' channel order, the model's too
         harmonise=json.dumps(config["harmonise"]),
-        seed=config["seed"],
+        seed=experiment_seed,
         resume=resume_flag,
         out_dir="results/models/{experiment}/fold{fold}",
     threads: config["threads"]["train"]
