@@ -62,7 +62,9 @@ def run_variant(variant: str, stack: Path | None, threads: int, device_name: str
     """One variant on the volume, timed from the volume in memory to the probability map (warm-up run first)."""
     import torch
 
-    torch.set_num_threads(threads)
+    from thrombus.device import set_threads
+
+    set_threads(threads)  # every variant as the package runs: subnormals flushed on every thread
     torch.manual_seed(0)
     device = torch.device(device_name)
     volume = load_volume(stack)

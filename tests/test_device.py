@@ -1,4 +1,5 @@
-"""Thread counts: every stage sets them through `thrombus.device.set_threads`, which first takes MKL's vector
+"""Thread counts: every stage sets them through `thrombus.device.set_threads`, which first has every thread
+flush subnormals (the reason is in `flush_subnormals`) and takes MKL's vector
 math out of the race of its first parallel call (the reason is in `warm_vector_math`)."""
 
 from __future__ import annotations
@@ -57,3 +58,24 @@ def test_a_first_parallel_exp_in_fresh_processes_equals_its_one_thread_value() -
         assert done.returncode == 0, done.stderr[-2000:]
         wrong += done.stdout.strip() != "1"
     assert wrong == 0, f"{wrong} of 20 fresh processes computed their first parallel exp differently"
+
+
+# A fresh process: `set_threads(2)`, then a product whose every value is subnormal (1e-40), split by torch
+# between its two threads; counts the values left non-zero in each half.
+_SUBNORMAL_PRODUCT = """
+import torch
+from thrombus.device import set_threads
+set_threads(2)
+product = torch.full((1 << 20,), 1e-20) * 1e-20
+half = product.numel() // 2
+print(int((product[:half] != 0).sum()), int((product[half:] != 0).sum()))
+"""
+
+
+def test_every_thread_flushes_subnormals_after_set_threads() -> None:
+    """Subnormal operands made a fine-tuning step about twice as slow (`flush_subnormals`). The flag is per
+    thread: set after torch started its pool, it left the second thread's half of such a product
+    subnormal, so this runs in a fresh process, where `set_threads` is the first call into torch."""
+    done = subprocess.run([sys.executable, "-c", _SUBNORMAL_PRODUCT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "0"], done.stdout
