@@ -112,8 +112,10 @@ def flush_subnormal(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     The shipped HD-BET weights hold 7.4 million of them per fold. On Intel CPUs every fp32 operation
     on a subnormal takes a microcode assist: the test brain took 403 s in fp32 on a 2-core Xeon against
     8.6 s in bf16 (which has no such penalty). AMD cores pay little for them, so CI never saw it.
-    Flushing the control register instead does not reach the intra-op threads already started; zeroing
-    the weights does, and changes no product by more than 1e-37.
+    Flushing the control register instead does not reach the intra-op threads already started (every
+    stage's `device.set_threads` flushes before torch starts them; a process that ran torch earlier, a
+    test session say, keeps them unflushed); zeroing the weights works in any thread, and changes no
+    product by more than 1e-37.
     """
     import torch
 
