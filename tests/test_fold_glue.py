@@ -497,7 +497,7 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
     store = tmp_path / "RESULTS.paper.json"
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
                  "--remark", "the test suite ran beside fold 1", "--store", str(store)]) == 0
-    kept = read_json(store)
+    (kept,) = read_json(store)["runs"]
     assert kept["iterations"] == 600 and kept["seed"] == 5 and kept["ran_by"] == "make paper"
     assert [(m["experiment"], m["fold"], m["commit"][:1]) for m in kept["models"]] == [
         ("abl", 0, "a"), ("abl", 1, "b"), ("loco", 0, "a"), ("loco", 1, "a")]
@@ -523,7 +523,7 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
         "monocentric": {"title": "Monocentric", "experiments": ["mono"], "subsets": ["all"]}}}))
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
                  "--tables", "ablation", "--store", str(store)]) == 0
-    assert read_json(store)["tables_not_run"] == ["monocentric"]
+    assert read_json(store)["runs"][0]["tables_not_run"] == ["monocentric"]
     assert "Tables of the config this run did not make: monocentric." in "\n".join(render_stored(tmp_path / "RESULTS.md"))
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x",
                  "--tables", "nope", "--store", str(tmp_path / "other.json")]) == 1
@@ -537,7 +537,7 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
         "single": {"title": "Method alone", "experiments": ["loco"], "subsets": list(SUBSETS)}}}))
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "make paper",
                  "--store", str(store)]) == 0
-    two = read_json(store)
+    (two,) = read_json(store)["runs"]
     assert MATCHING_RULE in two["notes"] and all("nothing to compare" not in n for t in two["tables"] for n in t["notes"])
     assert any(n.startswith("models trained on: cpu; 10 scored") for n in two["tables"][1]["notes"])
     assert any(n.startswith("models trained on: cpu; 20 scored") for n in two["tables"][0]["notes"])
@@ -546,3 +546,60 @@ def test_paper_report_keeps_a_runs_tables_and_provenance_and_results_renders_the
     assert main(["paper-report", "--root", str(run), "--config", str(base), str(overlay), "--ran-by", "x", "--store", str(store)]) == 1
     assert f"{run / 'results' / 'tables' / 'ablation_paired.md'} is missing" in caplog.text
     assert store.read_bytes() == before, "a failed collection leaves the store as it was"
+
+
+def test_paper_report_adds_a_later_runs_tables_beside_the_earlier_runs(tmp_path: Path) -> None:
+    """A later session trains the tables a make paper run did not make: `--add` keeps the earlier run's
+    tables (its working directory is gone) and a table collected again replaces the earlier one."""
+    import yaml
+
+    from thrombus.paper_report import render_stored
+
+    def run_with(root: Path, commit: str, tables: dict[str, str]) -> None:
+        for name, body in tables.items():
+            (root / "results" / "tables").mkdir(parents=True, exist_ok=True)
+            (root / "results" / "tables" / f"{name}.md").write_text(f"# {name}\n\n{body}\n\nNotes:\n- shared note\n")
+            (root / "results" / "tables" / f"{name}_subjects.tsv").write_text(f"experiment\tfold\n{name}_e\t2\n")
+            write_json(root / "results" / "models" / f"{name}_e" / "fold2" / "model_card.json",
+                       {"code": {"git_commit": commit * 40}, "result": {"device": "cpu", "threads": 2}})
+
+    config = tmp_path / "paper.yaml"
+    config.write_text(yaml.safe_dump({"seed": 5, "tables": {name: {"title": f"Table {name}", "experiments": [f"{name}_e"]}
+                                                           for name in ("multi", "ablation", "mono")}}))
+    old, new = tmp_path / "old", tmp_path / "new"
+    run_with(old, "a", {"multi": "| old multi |"})
+    run_with(new, "b", {"ablation": "| new ablation |"})
+    store = tmp_path / "RESULTS.paper.json"
+
+    def report(root: Path, table: str, *extra: str) -> None:
+        assert main(["paper-report", "--root", str(root), "--config", str(config), "--ran-by", f"run in {root.name}",
+                     "--tables", table, "--store", str(store), *extra]) == 0
+
+    report(old, "multi")
+    write_json(store, read_json(store)["runs"][0])  # a store written before runs could be added: one run, top level
+    report(new, "ablation", "--add")
+    runs = read_json(store)["runs"]
+    assert [[t["name"] for t in run["tables"]] for run in runs] == [["multi"], ["ablation"]]
+    section = "\n".join(render_stored(tmp_path / "RESULTS.md"))
+    assert "2 runs" in section and "**Run 1 of 2** (Table multi)" in section and "**Run 2 of 2** (Table ablation)" in section
+    assert section.index("run in old") < section.index("| old multi |") < section.index("run in new") < section.index("| new ablation |")
+    assert "aaaaaaaaaaaa (1 model)" in section and "bbbbbbbbbbbb (1 model)" in section
+    assert "did not make: mono." in section and "did not make: ablation" not in section and "multi, mono" not in section
+
+    run_with(new, "b", {"multi": "| new multi |"})  # the later run makes the earlier run's only table again
+    report(new, "multi", "--add")
+    runs = read_json(store)["runs"]
+    assert [[t["name"] for t in run["tables"]] for run in runs] == [["ablation"], ["multi"]], "the emptied run is dropped"
+    assert "| old multi |" not in "\n".join(render_stored(tmp_path / "RESULTS.md"))
+    report(new, "ablation")  # without --add: this run alone
+    assert len(read_json(store)["runs"]) == 1
+
+
+def test_a_run_that_keeps_some_of_its_tables_is_told_which_were_replaced() -> None:
+    from thrombus.paper_report import with_run
+
+    earlier = {"tables": [{"name": "multi"}, {"name": "dropout"}], "remarks": ["ran beside the tests"]}
+    (kept, later) = with_run([earlier], {"tables": [{"name": "dropout"}], "remarks": []})
+    assert [t["name"] for t in kept["tables"]] == ["multi"] and later["tables"] == [{"name": "dropout"}]
+    assert kept["remarks"][0] == "ran beside the tests" and "Its dropout table(s) were replaced" in kept["remarks"][1]
+    assert earlier["tables"] == [{"name": "multi"}, {"name": "dropout"}], "the earlier run is not changed in place"

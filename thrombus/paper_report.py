@@ -5,6 +5,7 @@ working directory (hours of training) is long gone. So `thrombus paper-report` c
 `tables` rules wrote (each table and its paired comparison, as Markdown) and how the run was made (the
 configs and their SHA-256, the commit each model was trained at, the time each kind of job took, the
 machine) into a store committed beside RESULTS.md (`RESULTS.paper.json`); the rendering reads only that.
+With `--add` a run joins the store's earlier runs, so tables trained in a later session sit beside them.
 """
 
 from __future__ import annotations
@@ -164,32 +165,74 @@ def _commits(models: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(f"{commit} ({n} model{'s' if n > 1 else ''})" for commit, n in sorted(counts.items()))
 
 
-def render(store: Mapping[str, Any]) -> list[str]:
-    """RESULTS.md's section on the paper's tables, from the store."""
-    models, seconds = store["models"], store["rule_seconds"]
+def stored_runs(store: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The runs a store holds, oldest first; a store written before runs could be added is one run at its top level."""
+    return [dict(run) for run in store["runs"]] if "runs" in store else [dict(store)]
+
+
+def with_run(runs: Sequence[Mapping[str, Any]], new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`runs` and then `new`: a table shows once, from the latest run that collected it.
+
+    Why runs are added rather than the store rewritten: a make paper run's working directory is gone by the
+    time a later session trains the tables it did not make, and its figures must not be lost with it. A run
+    left with none of its tables is dropped; one that keeps some is told which were replaced (its list of
+    models still names theirs).
+    """
+    names = {table["name"] for table in new["tables"]}
+    kept = []
+    for run in runs:
+        tables = [table for table in run["tables"] if table["name"] not in names]
+        replaced = [table["name"] for table in run["tables"] if table["name"] in names]
+        if tables:
+            remarks = list(run.get("remarks", []))
+            if replaced:
+                remarks.append(f"Its {', '.join(replaced)} table(s) were replaced by a later run's; the models listed "
+                               "above include theirs.")
+            kept.append({**run, "tables": tables, "remarks": remarks})
+    return [*kept, dict(new)]
+
+
+def _run_lines(run: Mapping[str, Any], made_elsewhere: set[str]) -> list[str]:
+    """One run's provenance paragraph, remarks and tables."""
+    models, seconds = run["models"], run["rule_seconds"]
     timing = ", ".join(f"{rule} {value / 60:.0f} min" for rule, value in seconds.items())
-    configs = "; ".join(f"`{path}` (SHA-256 {digest[:12]})" for path, digest in store["configs"].items())
+    configs = "; ".join(f"`{path}` (SHA-256 {digest[:12]})" for path, digest in run["configs"].items())
     lines = [
-        "", "## The paper's tables", "",
-        f"Run by `{store['ran_by']}`; collected by `{store['command']}` on {store['collected']} (commit {_short(store['collected_at_commit'])}) on "
-        f"{store['machine']}, from the run in `{store['root']}`; configs {configs}. {len(models)} models of "
-        f"{store['iterations']} iterations, seed {store['seed']}, trained at commits {_commits(models)}, on "
+        f"Run by `{run['ran_by']}`; collected by `{run['command']}` on {run['collected']} (commit {_short(run['collected_at_commit'])}) on "
+        f"{run['machine']}, from the run in `{run['root']}`; configs {configs}. {len(models)} models of "
+        f"{run['iterations']} iterations, seed {run['seed']}, trained at commits {_commits(models)}, on "
         f"{', '.join(sorted({str(m['device']) for m in models}))} with {', '.join(sorted({str(m['threads']) for m in models}))} "
         f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. The notes all the tables share are "
         "listed once, at the end of this section.",
     ]
-    if store.get("remarks"):
-        lines += ["", *[f"- {remark}" for remark in store["remarks"]]]
-    if store.get("tables_not_run"):
-        lines += ["", f"Tables of the config this run did not make: {', '.join(store['tables_not_run'])}."]
-    for table in store["tables"]:
+    if run.get("remarks"):
+        lines += ["", *[f"- {remark}" for remark in run["remarks"]]]
+    not_run = [name for name in run.get("tables_not_run", []) if name not in made_elsewhere]
+    if not_run:
+        lines += ["", f"Tables of the config this run did not make: {', '.join(not_run)}."]
+    for table in run["tables"]:
         lines += ["", f"### {table['title']}", "", table["table"]]
         if table["paired"]:
             lines += ["", f"Paired against the first row's experiment (`results/tables/{table['name']}_paired.md`):", "",
                       table["paired"]]
         if table.get("notes"):
             lines += ["", "Notes of this table:", "", *[f"- {note}" for note in table["notes"]]]
-    lines += ["", "Notes of every table above:", "", *[f"- {note}" for note in store["notes"]]]
+    lines += ["", "Notes of every table above:", "", *[f"- {note}" for note in run["notes"]]]
+    return lines
+
+
+def render(store: Mapping[str, Any]) -> list[str]:
+    """RESULTS.md's section on the paper's tables, from the store: each run's provenance before its tables."""
+    runs = stored_runs(store)
+    made = {table["name"] for run in runs for table in run["tables"]}
+    lines = ["", "## The paper's tables", ""]
+    if len(runs) > 1:
+        lines += [f"The tables below come from {len(runs)} runs; each run's provenance comes before its tables.", ""]
+    for index, run in enumerate(runs, 1):
+        if len(runs) > 1:
+            titles = ", ".join(table["title"] for table in run["tables"])
+            lines += [*(["", "---", ""] if index > 1 else []), f"**Run {index} of {len(runs)}** ({titles}).", ""]
+        lines += _run_lines(run, made)
     return lines
 
 
@@ -224,9 +267,12 @@ def _cmd_paper_report(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.config]
     source = RunSource(root=Path(args.root), config_files=paths, ran_by=args.ran_by,
                        command=shlex.join(["thrombus", *sys.argv[1:]]), remarks=args.remark)
-    store = collect(source, merged_config(paths), machine_description(), checkout_commit(), only=args.tables)
-    write_json(Path(args.store), store)
-    log.info("wrote %s: %d tables, %d models", args.store, len(store["tables"]), len(store["models"]))
+    run = collect(source, merged_config(paths), machine_description(), checkout_commit(), only=args.tables)
+    target = Path(args.store)
+    earlier = stored_runs(read_json(target)) if args.add and target.exists() else []
+    runs = with_run(earlier, run)
+    write_json(target, {"runs": runs})
+    log.info("wrote %s: %d tables, %d models; %d run(s)", args.store, len(run["tables"]), len(run["models"]), len(runs))
     return 0
 
 
@@ -239,5 +285,7 @@ def add_paper_report_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--remark", action="append", default=[],
                         help="what a reader of the figures must know of the run (say, what else ran beside it); repeatable")
     report.add_argument("--tables", nargs="+", default=None, help="only these tables of the config (default: all of them)")
+    report.add_argument("--add", action="store_true",
+                        help="keep the store's earlier runs (a table this run collects replaces theirs); default: this run alone")
     report.add_argument("--store", default=STORE_NAME, help=f"where to write (default: {STORE_NAME}, beside RESULTS.md)")
     report.set_defaults(func=_cmd_paper_report)
