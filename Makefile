@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 
 help:
 	@echo "make demo   set up .venv, generate the demo cohort, run the workflow (results/, logs/): < 20 min"
-	@echo "make paper  the paper's tables with the full ablation on the 48-subject cohort -> RESULTS.md: about 5 hours on 2 cores"
+	@echo "make paper  the paper's tables with the full ablation on the 48-subject cohort -> RESULTS.md: about 5.5 hours on 2 cores"
 	@echo "make results the learnability ladder of the training recipes on the paper cohort -> RESULTS.md: over 2 hours"
 	@echo "make shipped-model  retrain and export the model the demo starts from (paper cohort): an estimated 40 min on 2 cores"
 	@echo "make test   set up .venv and run the test suite"
@@ -57,8 +57,8 @@ demo: $(STAMP) cohort/demo/samples.tsv
 	$(call run_chain,)
 	@echo "Cohort truth + QC:                         $(CURDIR)/cohort/demo/truth/ and cohort/demo/qc/"
 
-# The paper's tables with the full ablation (config/paper.yaml): 48 subjects, 20 trainings, about 5 hours on
-# 2 cores. It writes into results/ too: `make clean-demo` first when results/ holds the demo's run. The tables
+# The paper's tables with the full ablation (config/paper.yaml): 48 subjects, 20 trainings, about 5.5 hours on
+# 2 cores (15 minutes a model with its calibration and inference, 25 for the cohort and its preprocessing). It writes into results/ too: `make clean-demo` first when results/ holds the demo's run. The tables
 # and the run's provenance are kept in RESULTS.paper.json, and RESULTS.md is re-rendered with them.
 paper: $(STAMP) cohort/paper/samples.tsv
 	$(call run_chain,--configfile config/paper.yaml)
