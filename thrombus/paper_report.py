@@ -202,8 +202,8 @@ def _run_lines(run: Mapping[str, Any], made_elsewhere: set[str]) -> list[str]:
         f"{run['machine']}, from the run in `{run['root']}`; configs {configs}. {len(models)} models of "
         f"{run['iterations']} iterations, seed {run['seed']}, trained at commits {_commits(models)}, on "
         f"{', '.join(sorted({str(m['device']) for m in models}))} with {', '.join(sorted({str(m['threads']) for m in models}))} "
-        f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. The notes all the tables share are "
-        "listed once, at the end of this section.",
+        f"threads. Wall time of the jobs behind these tables (one at a time): {timing}. The notes all the run's tables share are "
+        "listed once, after its tables.",
     ]
     if run.get("remarks"):
         lines += ["", *[f"- {remark}" for remark in run["remarks"]]]
