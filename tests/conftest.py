@@ -61,7 +61,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from thrombus.synth import generate_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
-    generate_cohort(preset="tiny", out_dir=out, seed=None, progress=False)
+    generate_cohort(preset="tiny", out_dir=out, seed=None, progress=False, threads=2)
     return out
 
 

@@ -1,16 +1,14 @@
-"""Proof that `snakemake --profile <site slurm profile>` runs jobs through a real SLURM cluster.
+"""The site profile against a real SLURM cluster, on a tiny workflow written into tmp_path.
 
-The cluster (tests/slurm_cluster.py) is a single node on loopback with slurmdbd accounting
-and one advertised fake GPU, started by scripts/slurm/start-cluster.sh. A tiny workflow written
-into tmp_path runs with a profile made from profiles/slurm/config.yaml; sacct then shows
-that every job went through sbatch, that the GPU rule asked for a GPU and that a failing job is
-FAILED; a GPU job asking more CPUs per GPU than the node has is refused by sbatch, with its message. About 1 minute once the packages are installed (first run on a fresh Debian machine:
-plus the apt-get install).
+The cluster (tests/slurm_cluster.py) is a single node on loopback with slurmdbd accounting and one
+advertised fake GPU, started by scripts/slurm/start-cluster.sh. A GPU job asking more CPUs per GPU than
+the node has is refused by sbatch, with its message; the install script installs the profile. That jobs
+go through sbatch with the profile's account, partition, memory and time, COMPLETED or FAILED in sacct,
+is shown on the thrombus workflow itself (tests/test_slurm_workflow.py).
 """
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,11 +38,6 @@ rule gather:
         "cat {input} > {output}; "
         "echo gather slurm_job=${{SLURM_JOB_ID:-none}} gpus=${{CUDA_VISIBLE_DEVICES:-none}} >> {output}"
 
-rule boom:
-    output: "results/boom.txt"
-    resources: mem_mb=300, runtime=5
-    shell: "echo 'boom: failing on purpose' >&2; exit 3"
-
 rule greedy:
     output: "results/greedy.txt"
     resources: mem_mb=300, runtime=5
@@ -64,63 +57,6 @@ def _fail_msg(run, cluster, rows=None) -> str:
     return (f"snakemake rc={run.returncode} after {run.seconds:.0f}s\n"
             f"--- snakemake output (tail) ---\n" + "\n".join(run.output.splitlines()[-60:]) +
             (f"\n--- sacct ---\n{rows}" if rows is not None else "") + "\n" + cluster.diagnostics())
-
-
-@pytest.mark.slurm
-def test_workflow_jobs_go_through_sbatch(slurm_cluster, tmp_path):  # noqa: F811 (pytest fixture)
-    cluster = slurm_cluster
-    print(f"\ncluster start took {cluster.start_seconds:.1f}s (started here: {cluster.started_here})")
-    wd, profile = _workflow(tmp_path, cluster)
-    prof_text = (profile / "config.yaml").read_text()
-    assert "executor: slurm" in prof_text and f"slurm_account: {cluster.account}" in prof_text
-
-    run = cluster.snakemake(["--profile", str(profile), "-s", "Snakefile", "all"], cwd=wd)
-    print(f"snakemake (2 parts + gather) took {run.seconds:.1f}s")
-    assert run.returncode == 0, _fail_msg(run, cluster)
-    assert run.run_id, "no 'SLURM run ID' in the output: was the slurm executor used?\n" + run.output
-
-    # outputs exist and were written inside SLURM jobs
-    parts = {i: (wd / f"results/part_{i}.txt").read_text() for i in (1, 2)}
-    gather = (wd / "results/gather.txt").read_text()
-    job_ids_in_outputs = {re.search(r"slurm_job=(\S+)", t).group(1) for t in parts.values()}
-    job_ids_in_outputs.add(re.search(r"gather slurm_job=(\S+)", gather).group(1))
-    assert "none" not in job_ids_in_outputs, f"a job ran outside SLURM: {parts} {gather}"
-
-    rows = cluster.sacct_run(run.run_id)
-    by_comment = {r["Comment"]: r for r in rows}
-    assert set(by_comment) == {"rule_part_wildcards_1", "rule_part_wildcards_2", "rule_gather"}, \
-        _fail_msg(run, cluster, rows)
-    assert len(rows) == 3, _fail_msg(run, cluster, rows)  # one sbatch per job, no resubmission
-    for r in rows:
-        assert r["State"] == "COMPLETED", _fail_msg(run, cluster, rows)
-        assert r["Account"] == cluster.account and r["Partition"] == cluster.partition, rows
-    assert {r["JobID"] for r in rows} == job_ids_in_outputs, (rows, parts, gather)
-
-    # the GPU rule asked for (and got) the fake GPU; the CPU rules did not
-    g = by_comment["rule_gather"]
-    assert "gres/gpu=1" in g["ReqTRES"] and "gres/gpu=1" in g["AllocTRES"], rows
-    for c in ("rule_part_wildcards_1", "rule_part_wildcards_2"):
-        assert "gres/gpu" not in by_comment[c]["AllocTRES"], rows
-    assert by_comment["rule_part_wildcards_1"]["ReqTRES"].find("mem=300M") >= 0, rows  # mem_mb -> --mem
-    assert by_comment["rule_part_wildcards_1"]["Timelimit"] == "00:05:00", rows  # runtime -> -t
-
-
-@pytest.mark.slurm
-def test_failing_job_is_failed_in_sacct(slurm_cluster, tmp_path):  # noqa: F811 (pytest fixture)
-    cluster = slurm_cluster
-    wd, profile = _workflow(tmp_path, cluster)
-    run = cluster.snakemake(["--profile", str(profile), "-s", "Snakefile", "results/boom.txt"], cwd=wd)
-    print(f"\nsnakemake (failing job) took {run.seconds:.1f}s")
-    assert run.returncode not in (0, 124, 137), _fail_msg(run, cluster)  # failed, not timed out
-    assert "Error in rule boom" in run.output, _fail_msg(run, cluster)
-    assert not (wd / "results/boom.txt").exists()
-
-    rows = cluster.sacct_run(run.run_id)
-    assert [r["Comment"] for r in rows] == ["rule_boom"], _fail_msg(run, cluster, rows)
-    assert rows[0]["State"] == "FAILED" and rows[0]["ExitCode"] != "0:0", _fail_msg(run, cluster, rows)
-    # the SLURM log of the failed job is kept and shows the job's own message
-    logs = list((wd / "logs" / "slurm" / "rule_boom").rglob("*.log"))
-    assert logs and "failing on purpose" in logs[0].read_text(), logs
 
 
 @pytest.mark.slurm

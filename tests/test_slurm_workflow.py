@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, smoke_config, write_config
+from thrombus.resources import request_mb
 from thrombus.samples import read_sheet
 
 # tests/ is on sys.path (rootdir-relative imports, no tests/__init__.py), as for `conftest`
@@ -113,14 +114,16 @@ def test_failing_job_is_failed_and_stops_the_run(slurm_cluster, tiny_cohort: Pat
 
 
 def _lean_smoke_config(cohort: Path, dest: Path) -> tuple[Path, str]:
-    """The smoke config (config/smoke.yaml) on centers A and B of the tiny cohort: one leave-one-center-out
-    experiment with fold 0 (test A, train and validate on B) and one table; preprocessing 1 thread a job.
+    """The smoke config (config/smoke.yaml) on center A's first subject and center B of the tiny cohort: one
+    leave-one-center-out experiment with fold 0 (test A, train and validate on B) and one table;
+    preprocessing 1 thread a job.
 
-    The lean parts keep the run near 10 minutes on 2 cores, where every SLURM job costs about 10 s of
-    Snakemake start-up (job step + srun) and the plugin waits 5 s before each sbatch.
+    The lean parts keep the run near 5 minutes on 2 cores, where every SLURM job costs about 10 s of
+    Snakemake start-up (job step + srun) and the plugin waits 5 s before each sbatch (7 jobs a subject).
     """
     sheet = read_sheet(cohort / "samples.tsv")  # paths absolute
-    sheet = sheet[sheet["center"].isin(["A", "B"])]
+    first_of_a = sheet[sheet["center"] == "A"].index[:1]
+    sheet = sheet[(sheet["center"] == "B") | sheet.index.isin(first_of_a)]
     samples = dest / "samples.tsv"
     sheet.to_csv(samples, sep="\t", index=False)
     table = "loco"
@@ -134,7 +137,7 @@ def _lean_smoke_config(cohort: Path, dest: Path) -> tuple[Path, str]:
     return write_config(dest / "config.yaml", **config), table
 
 
-def _one_center_first(cluster, env: dict[str, str], workdir: Path, config: Path, cohort: Path) -> None:
+def _one_center_first(cluster, env: dict[str, str], workdir: Path, config: Path) -> None:
     """`--config center=A`: center A's preprocessing alone, every job through sbatch and COMPLETED, center B
     untouched (what a site does when one center sends new scans); the `all` run after it reuses it."""
     run = cluster.snakemake(["all", "-s", str(REPO / "Snakefile"), "--profile", "slurm", "--configfile", str(config),
@@ -142,7 +145,7 @@ def _one_center_first(cluster, env: dict[str, str], workdir: Path, config: Path,
     print(f"\nsnakemake --profile slurm all (center A preprocessing) took {run.seconds:.0f}s")
     assert run.returncode == 0, _tail(run, cluster)
     assert run.run_id, "no SLURM run ID in the output: the slurm executor was not used" + _tail(run, cluster)
-    center_a = read_sheet(cohort / "samples.tsv").query("center == 'A'")
+    center_a = read_sheet(workdir / "samples.tsv").query("center == 'A'")
     for subject in center_a["subject"]:
         assert (workdir / f"results/harmonise/A/{subject}/stack.nii.gz").exists(), subject
     assert (workdir / "results/qc/A/preprocess.tsv").exists() and not (workdir / "results/harmonise/B").exists()
@@ -168,7 +171,7 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
     workdir = tmp_path / "run"
     workdir.mkdir()
     config, table = _lean_smoke_config(tiny_cohort, workdir)
-    _one_center_first(cluster, env, workdir, config, tiny_cohort)
+    _one_center_first(cluster, env, workdir, config)
     run = cluster.snakemake(["all", "-s", str(REPO / "Snakefile"), "--profile", "slurm", "--workflow-profile", str(wprofile),
                              "--configfile", str(config)], cwd=workdir, timeout=1800, extra_env=env)
     print(f"\nsnakemake --profile slurm all (smoke config, centers A+B, training) took {run.seconds:.0f}s")
@@ -197,6 +200,7 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
         by_rule.setdefault(rule_of(r), []).append(r)
     bad = [r for r in rows if r["State"] != "COMPLETED"]
     assert rows and not bad, _tail(run, cluster, rows)
+    assert all(r["Account"] == cluster.account and r["Partition"] == cluster.partition for r in rows), rows
     finished, local = finished_rules(run.output), local_rules(run.output)
     remote = {rule: n - local.get(rule, 0) for rule, n in finished.items() if n - local.get(rule, 0)}
     assert {rule: len(rs) for rule, rs in by_rule.items()} == remote, _tail(run, cluster, rows)
@@ -215,6 +219,9 @@ def test_all_with_training_through_sbatch(slurm_cluster, tiny_cohort: Path, tmp_
         if rule not in GPU_RULES:
             for r in rs:
                 assert "gres/gpu" not in r["ReqTRES"] + r["AllocTRES"], (rule, r)
+    # a rule's own requests reach sbatch, not the profile's defaults (500 MB, 10 min): mem_mb as --mem, runtime as -t
+    for r in by_rule["register"]:
+        assert f"mem={request_mb('register')}M," in r["ReqTRES"] + "," and r["Timelimit"] == "00:20:00", r
     # the jobs' own logs and their SLURM logs (kept for successful jobs by the test profile)
     assert (workdir / "logs/train/loco_gmd/fold0.log").is_file()
     assert list((workdir / "logs/slurm/rule_train").rglob("*.log")), "no SLURM log of the train job"

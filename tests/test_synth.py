@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import yaml
@@ -60,12 +61,11 @@ def _checksums(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "cohort"
-    summary = generate_cohort("tiny", out, progress=False, threads=2)
-    assert summary.n_subjects == 6 and summary.centers == ["A", "B", "C"]
-    assert summary.samples_tsv == out / "samples.tsv"
-    return out
+def cohort(tiny_cohort: Path) -> Path:
+    """The session's tiny cohort (generated with 2 worker processes), only read here."""
+    sheet = pd.read_csv(tiny_cohort / "samples.tsv", sep="\t", dtype=str)
+    assert len(sheet) == 6 and sorted(set(sheet["center"])) == ["A", "B", "C"]
+    return tiny_cohort
 
 
 @pytest.fixture(scope="module")

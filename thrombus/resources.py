@@ -35,7 +35,7 @@ PEAK_MB: dict[str, float] = {
     "prediction_figure": 400.0,  # not measured: one stack and mask in memory, matplotlib; conservative
     "dicom_seg": 300.0,
     "bids_description": 80.0,    # not measured: writes one JSON
-    "bids_subject": 80.0,        # not measured: copies two files and writes JSON, like qc_center          # not measured: one series' headers and a mask; conservative        # not measured: reads small JSON files, like qc_center     # not measured: reads the conversion sidecars only, like qc_center
+    "bids_subject": 80.0,        # not measured: copies two files and writes JSON, like qc_center
     "splits": 70.0,
     "evaluate": 210.0,
     "tables": 1300.0,            # 155 MB on the tiny cohort; not measured at demo size: conservative
