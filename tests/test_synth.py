@@ -17,12 +17,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 import yaml
 from scipy import ndimage
 
+from thrombus.samples import read_sheet
 from thrombus.synth import PresetError, generate_cohort, load_preset
 from thrombus.synth.preset import parse_preset
 
@@ -63,7 +63,7 @@ def _checksums(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cohort(tiny_cohort: Path) -> Path:
     """The session's tiny cohort (generated with 2 worker processes), only read here."""
-    sheet = pd.read_csv(tiny_cohort / "samples.tsv", sep="\t", dtype=str)
+    sheet = read_sheet(tiny_cohort / "samples.tsv")
     assert len(sheet) == 6 and sorted(set(sheet["center"])) == ["A", "B", "C"]
     return tiny_cohort
 
